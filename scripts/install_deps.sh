@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything attnd needs to build and test on a fresh Debian 12 machine, from Debian's
+# packages only. Idempotent: a machine that already has them spends a second here.
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  googletest libgtest-dev libgmock-dev
+  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install_deps: installing ${missing[*]}"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install_deps: all dependencies present"
