@@ -33,7 +33,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view name, co
     return absl::FailedPreconditionError("backend 'cuda': this build has no CUDA support");
 #endif
   }
-  return absl::InvalidArgumentError(absl::StrCat("backend '", name, "' is unknown (auto, cpu, cuda)"));
+  return absl::InvalidArgumentError(absl::StrCat("backend '", std::string(name), "' is unknown (auto, cpu, cuda)"));
 }
 
 std::vector<std::string> AvailableBackends() {

@@ -1,0 +1,216 @@
+// attn_bench: TFLOP/s of the forward kernel (attnd_kernels only, no gRPC).
+//
+// Shapes: B*N = 16384 tokens and H*d = 2048 (so every shape moves the same bytes), N over
+// --seqlens, d over --dims, causal and not, over --dtypes. FLOPs = 4*B*H*N^2*d, half when causal.
+// Timing: CUDA events around each launch, --warmup launches first, median of --iters; inputs rotate
+// over --sets copies (each larger than L2) so consecutive launches never find their inputs cached.
+// Inputs are random normal values, never zeros. Output: CSV on stdout or --csv FILE, one row per
+// shape, with the bytes this implementation allocates for it (inputs, output, lse, workspace).
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "attnd/kernels/flash_fwd.h"
+
+namespace {
+
+using attnd::kernels::ElementType;
+
+#define CHECK_CUDA(expr)                                                                          \
+  do {                                                                                            \
+    cudaError_t e_ = (expr);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));  \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+std::vector<int> ParseInts(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stoi(item));
+  return v;
+}
+
+std::vector<std::string> ParseStrings(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(item);
+  return v;
+}
+
+struct Options {
+  std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
+  std::vector<int> dims = {64, 128};
+  std::vector<std::string> dtypes = {"bf16", "fp16"};
+  std::vector<int> causal = {0, 1};
+  int tokens = 16384;
+  int hidden = 2048;
+  int warmup = 5;
+  int iters = 30;
+  int sets = 3;
+  std::string csv;
+};
+
+// Random normal values as bf16 or fp16 bits, generated on the host once.
+std::vector<uint16_t> RandomHalves(size_t n, bool bf16, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) {
+    const float f = normal(rng);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if (bf16) {
+      x = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    } else {  // |f| < 8 here: a normal fp16, truncated mantissa is fine for benchmark data
+      const uint32_t sign = (u >> 16) & 0x8000u;
+      const int exp = int((u >> 23) & 0xff) - 127 + 15;
+      x = exp <= 0 ? static_cast<uint16_t>(sign) : static_cast<uint16_t>(sign | (exp << 10) | ((u >> 13) & 0x3ff));
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "missing value for %s\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--seqlens") o.seqlens = ParseInts(value());
+    else if (a == "--dims") o.dims = ParseInts(value());
+    else if (a == "--dtypes") o.dtypes = ParseStrings(value());
+    else if (a == "--causal") o.causal = ParseInts(value());
+    else if (a == "--tokens") o.tokens = std::stoi(value());
+    else if (a == "--hidden") o.hidden = std::stoi(value());
+    else if (a == "--warmup") o.warmup = std::stoi(value());
+    else if (a == "--iters") o.iters = std::stoi(value());
+    else if (a == "--sets") o.sets = std::stoi(value());
+    else if (a == "--csv") o.csv = value();
+    else {
+      std::fprintf(stderr,
+                   "usage: attn_bench [--seqlens 512,...] [--dims 64,128] [--dtypes bf16,fp16] [--causal 0,1]\n"
+                   "                  [--tokens 16384] [--hidden 2048] [--warmup 5] [--iters 30] [--sets 3] [--csv FILE]\n");
+      return 2;
+    }
+  }
+
+  int device_count = 0;
+  if (cudaGetDeviceCount(&device_count) != cudaSuccess || device_count == 0) {
+    std::fprintf(stderr, "attn_bench: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::fprintf(stderr, "device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+
+  // Every shape has tokens x hidden elements per tensor: allocate the rotated sets once.
+  const size_t elems = size_t(o.tokens) * o.hidden;
+  const size_t bytes = elems * 2;
+  struct Set { void *q, *k, *v, *out; float* lse; };
+  std::vector<Set> sets(o.sets);
+  for (Set& s : sets) {
+    CHECK_CUDA(cudaMalloc(&s.q, bytes));
+    CHECK_CUDA(cudaMalloc(&s.k, bytes));
+    CHECK_CUDA(cudaMalloc(&s.v, bytes));
+    CHECK_CUDA(cudaMalloc(&s.out, bytes));
+    CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&s.lse), size_t(o.tokens) * o.hidden / 32 * sizeof(float)));  // heads >= hidden/256
+  }
+  int32_t *cu_q = nullptr, *cu_k = nullptr;
+  CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&cu_q), (o.tokens + 1) * sizeof(int32_t)));
+  CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&cu_k), (o.tokens + 1) * sizeof(int32_t)));
+
+  FILE* csv = o.csv.empty() ? stdout : std::fopen(o.csv.c_str(), "w");
+  if (!csv) {
+    std::fprintf(stderr, "cannot write %s\n", o.csv.c_str());
+    return 1;
+  }
+  std::fprintf(csv, "impl,device,dtype,head_dim,causal,seqlen,batch,heads,median_ms,min_ms,tflops,alloc_bytes\n");
+
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+
+  for (const std::string& dt : o.dtypes) {
+    const bool bf16 = dt == "bf16";
+    if (!bf16 && dt != "fp16") {
+      std::fprintf(stderr, "unknown dtype %s\n", dt.c_str());
+      return 2;
+    }
+    for (size_t si = 0; si < sets.size(); ++si) {
+      for (void* t : {sets[si].q, sets[si].k, sets[si].v}) {
+        const std::vector<uint16_t> host = RandomHalves(elems, bf16, uint32_t(1000 * si + size_t(t) % 997));
+        CHECK_CUDA(cudaMemcpy(t, host.data(), bytes, cudaMemcpyHostToDevice));
+      }
+    }
+    for (int d : o.dims)
+      for (int causal : o.causal)
+        for (int n : o.seqlens) {
+          const int batch = o.tokens / n, heads = o.hidden / d;
+          if (batch == 0) continue;
+          std::vector<int32_t> cu(batch + 1);
+          for (int b = 0; b <= batch; ++b) cu[b] = b * n;
+          CHECK_CUDA(cudaMemcpy(cu_q, cu.data(), cu.size() * 4, cudaMemcpyHostToDevice));
+          CHECK_CUDA(cudaMemcpy(cu_k, cu.data(), cu.size() * 4, cudaMemcpyHostToDevice));
+          attnd::kernels::FlashFwdParams p;
+          p.dtype = bf16 ? ElementType::kBF16 : ElementType::kFP16;
+          p.cu_seqlens_q = cu_q;
+          p.cu_seqlens_k = cu_k;
+          p.batch = batch;
+          p.heads_q = p.heads_kv = heads;
+          p.head_dim = d;
+          p.max_seqlen_q = p.max_seqlen_k = n;
+          p.total_q = p.total_k = int64_t{batch} * n;
+          p.causal = causal != 0;
+          p.softmax_scale = 1.f / std::sqrt(float(d));
+          attnd::kernels::SetContiguousStrides(p);
+          auto launch = [&](const Set& s) {
+            p.q = s.q;
+            p.k = s.k;
+            p.v = s.v;
+            p.out = s.out;
+            p.lse = s.lse;
+            CHECK_CUDA(attnd::kernels::FlashFwd(p, nullptr, nullptr));
+          };
+          for (int i = 0; i < o.warmup; ++i) launch(sets[i % sets.size()]);
+          std::vector<float> ms(o.iters);
+          for (int i = 0; i < o.iters; ++i) {
+            CHECK_CUDA(cudaEventRecord(start));
+            launch(sets[i % sets.size()]);
+            CHECK_CUDA(cudaEventRecord(stop));
+            CHECK_CUDA(cudaEventSynchronize(stop));
+            CHECK_CUDA(cudaEventElapsedTime(&ms[i], start, stop));
+          }
+          std::sort(ms.begin(), ms.end());
+          const double median = ms[ms.size() / 2];
+          const double flops = 4.0 * batch * heads * double(n) * n * d * (causal ? 0.5 : 1.0);
+          const size_t alloc = 4 * bytes + size_t(batch) * heads * n * sizeof(float) + (batch + 1) * 8;
+          std::fprintf(csv, "ours,%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.1f,%zu\n", prop.name, dt.c_str(), d, causal, n, batch,
+                       heads, median, ms.front(), flops / (median * 1e-3) / 1e12, alloc);
+          std::fflush(csv);
+          std::fprintf(stderr, "%s d=%d causal=%d N=%5d: %8.3f ms  %6.1f TFLOP/s\n", dt.c_str(), d, causal, n, median,
+                       flops / (median * 1e-3) / 1e12);
+        }
+  }
+  if (csv != stdout) std::fclose(csv);
+  return 0;
+}

@@ -1,0 +1,53 @@
+// LoadSpec: what attn_loadgen sends, how hard and for how long. Filled from the command-line flags
+// in main.cc; everything else in client/loadgen takes it as plain data.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "server/core/attention_problem.h"
+
+namespace attnd::loadgen {
+
+enum class Direction { kForward, kBackward };
+
+struct LoadSpec {
+  std::string target;
+  int concurrency = 1;       // closed-loop clients, each with one call in flight at all times
+  int connections = 0;       // gRPC channels (TCP connections) they share; 0: one per client
+  double duration_s = 10;    // how long to keep issuing calls (ignored when requests > 0)
+  int64_t requests = 0;      // total calls to issue; > 0 overrides duration_s
+  double warmup_s = 0;       // calls started in the first warmup_s seconds are not measured
+  double timeout_s = 60;     // per-call deadline
+  double connect_timeout_s = 10;  // how long to wait for the daemon before giving up
+
+  // Request shape. seqlen_k / heads_kv of 0 mean "same as seqlen_q / heads_q".
+  int batch = 1;
+  int seqlen_q = 1024;
+  int seqlen_k = 0;
+  int heads_q = 16;
+  int heads_kv = 0;
+  int head_dim = 128;
+  DType dtype = DType::kBF16;
+  bool causal = false;
+  bool varlen = false;       // packed layout with random per-sequence lengths up to seqlen_q/k
+  Direction direction = Direction::kForward;
+
+  int payloads = 4;          // distinct random requests, rotated so no cache sees one payload twice in a row
+  uint64_t seed = 1;
+
+  bool check = false;        // compare sampled responses with the local CPU backend
+  int check_every = 1;       // check every Nth completed call
+  double check_tolerance = 0;  // relative L2 bound; 0: the dtype's default (see DefaultTolerance)
+  int check_threads = 0;     // threads of the local CPU backend; 0: all
+
+  int resolved_seqlen_k() const { return seqlen_k > 0 ? seqlen_k : seqlen_q; }
+  int resolved_heads_kv() const { return heads_kv > 0 ? heads_kv : heads_q; }
+};
+
+// Relative L2 error allowed by --check per dtype: bf16 2e-2, fp16 5e-3, fp32 1e-3. Loose enough
+// for any correct kernel's rounding (GPU kernels accumulate in FP32 in a different order), tight
+// enough that a wrong result (relative error near 1) never passes.
+double DefaultTolerance(DType dtype);
+
+}  // namespace attnd::loadgen

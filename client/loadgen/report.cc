@@ -1,0 +1,102 @@
+#include "client/loadgen/report.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace attnd::loadgen {
+namespace {
+
+const char* DirectionName(Direction d) { return d == Direction::kForward ? "forward" : "backward"; }
+
+absl::string_view Name(DType dtype) {
+  const std::string_view name = DTypeName(dtype);
+  return absl::string_view(name.data(), name.size());
+}
+
+std::string JsonString(absl::string_view s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(c));
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// JSON has no infinity or NaN; they never occur here except through a bug, so print null.
+std::string JsonNumber(double x) { return std::isfinite(x) ? absl::StrFormat("%.6g", x) : "null"; }
+
+}  // namespace
+
+std::string FormatText(const LoadSpec& spec, const LoadReport& r) {
+  std::string out = absl::StrFormat(
+      "attn_loadgen %s %s batch=%d seqlen_q=%d seqlen_k=%d heads_q=%d heads_kv=%d head_dim=%d causal=%d varlen=%d\n",
+      DirectionName(spec.direction), Name(spec.dtype), spec.batch, spec.seqlen_q, spec.resolved_seqlen_k(),
+      spec.heads_q, spec.resolved_heads_kv(), spec.head_dim, spec.causal, spec.varlen);
+  absl::StrAppendFormat(&out, "target %s, concurrency %d, measured %.2f s: %d ok, %d errors\n", spec.target,
+                        spec.concurrency, r.elapsed_s, r.ok, r.errors);
+  absl::StrAppendFormat(&out, "throughput  %.1f requests/s, %.3f GB/s payload (%.3f up, %.3f down), %.3f TFLOP/s\n",
+                        r.requests_per_s(), r.payload_gb_per_s(), r.elapsed_s > 0 ? r.request_bytes / r.elapsed_s / 1e9 : 0,
+                        r.elapsed_s > 0 ? r.response_bytes / r.elapsed_s / 1e9 : 0, r.tflops());
+  absl::StrAppendFormat(&out, "latency ms  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  (mean %.3f, min %.3f)\n",
+                        r.latency.p50_ms, r.latency.p90_ms, r.latency.p99_ms, r.latency.max_ms, r.latency.mean_ms,
+                        r.latency.min_ms);
+  for (const auto& [code, n] : r.errors_by_code) {
+    absl::StrAppendFormat(&out, "error       %s x%d: %s\n", code, n, r.error_examples.at(code));
+  }
+  if (spec.check) {
+    absl::StrAppendFormat(&out, "check       %d responses vs local CPU backend, %d mismatches, max rel L2 %.3g%s\n",
+                          r.checked, r.mismatches, r.max_rel_l2,
+                          r.first_mismatch.empty() ? "" : absl::StrCat(" (first: ", r.first_mismatch, ")"));
+  }
+  return out;
+}
+
+std::string FormatJson(const LoadSpec& spec, const LoadReport& r) {
+  std::string out = "{";
+  absl::StrAppend(&out, "\"target\":", JsonString(spec.target), ",\"direction\":\"", DirectionName(spec.direction),
+                  "\",\"dtype\":\"", Name(spec.dtype), "\"");
+  absl::StrAppend(&out, ",\"batch\":", spec.batch, ",\"seqlen_q\":", spec.seqlen_q,
+                  ",\"seqlen_k\":", spec.resolved_seqlen_k(), ",\"heads_q\":", spec.heads_q,
+                  ",\"heads_kv\":", spec.resolved_heads_kv(), ",\"head_dim\":", spec.head_dim,
+                  ",\"causal\":", spec.causal ? "true" : "false", ",\"varlen\":", spec.varlen ? "true" : "false");
+  absl::StrAppend(&out, ",\"concurrency\":", spec.concurrency, ",\"elapsed_s\":", JsonNumber(r.elapsed_s),
+                  ",\"requests\":", r.ok + r.errors, ",\"ok\":", r.ok, ",\"errors\":", r.errors);
+  absl::StrAppend(&out, ",\"errors_by_code\":{");
+  bool first = true;
+  for (const auto& [code, n] : r.errors_by_code) {
+    absl::StrAppend(&out, first ? "" : ",", JsonString(code), ":", n);
+    first = false;
+  }
+  absl::StrAppend(&out, "},\"error_examples\":{");
+  first = true;
+  for (const auto& [code, message] : r.error_examples) {
+    absl::StrAppend(&out, first ? "" : ",", JsonString(code), ":", JsonString(message));
+    first = false;
+  }
+  absl::StrAppend(&out, "},\"requests_per_s\":", JsonNumber(r.requests_per_s()),
+                  ",\"request_bytes\":", r.request_bytes, ",\"response_bytes\":", r.response_bytes,
+                  ",\"payload_gb_per_s\":", JsonNumber(r.payload_gb_per_s()), ",\"tflops\":", JsonNumber(r.tflops()));
+  absl::StrAppend(&out, ",\"latency_ms\":{\"p50\":", JsonNumber(r.latency.p50_ms), ",\"p90\":",
+                  JsonNumber(r.latency.p90_ms), ",\"p99\":", JsonNumber(r.latency.p99_ms), ",\"max\":",
+                  JsonNumber(r.latency.max_ms), ",\"mean\":", JsonNumber(r.latency.mean_ms), ",\"min\":",
+                  JsonNumber(r.latency.min_ms), "}");
+  absl::StrAppend(&out, ",\"check\":", spec.check ? "true" : "false", ",\"checked\":", r.checked,
+                  ",\"mismatches\":", r.mismatches, ",\"max_rel_l2\":", JsonNumber(r.max_rel_l2),
+                  ",\"first_mismatch\":", JsonString(r.first_mismatch), "}");
+  return out;
+}
+
+}  // namespace attnd::loadgen

@@ -1,0 +1,27 @@
+// Launching one instantiation of the backward main kernel. Included only by the per-head-dim
+// translation units (flash_bwd_hdim*.cu); the grid comes from the plan (flash_bwd.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "flash_bwd_kernel.cuh"
+
+namespace attnd::kernels::bwd {
+
+template <typename T, typename Tile>
+cudaError_t launch_flash_bwd(const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return cudaSuccess;
+  auto kernel = flash_bwd_kernel<T, Tile>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
+// The entry the dispatcher calls: the default tile for the head dim.
+template <typename T, int kHeadDim>
+cudaError_t run_flash_bwd(const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
+  return launch_flash_bwd<T, typename DefaultBwdTile<kHeadDim>::type>(args, grid, stream);
+}
+
+}  // namespace attnd::kernels::bwd

@@ -1,0 +1,159 @@
+#include "server/service/attention_server.h"
+
+#include <climits>
+#include <cstdio>
+#include <mutex>
+#include <utility>
+
+#include <grpc/grpc.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/backends/backend_factory.h"
+#include "server/service/attention_service.h"
+#include "server/service/worker_pool.h"
+
+namespace attnd {
+namespace {
+
+// Room in a received message for what is not tensor bytes: shapes, params, cu_seqlens.
+constexpr int64_t kMessageOverheadBytes = int64_t{1} << 20;
+
+// Process-wide switches for every server built from here on: the standard health service and
+// reflection. EnableDefaultHealthCheckService is not thread-safe, hence once.
+void InitGrpcOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  });
+}
+
+// "0.0.0.0:0" + 43211 -> "127.0.0.1:43211"; "[::]:0" -> "[::1]:43211"; "host:0" -> "host:43211".
+std::string DialableAddress(const std::string& listen, int port) {
+  if (absl::StartsWith(listen, "unix:")) return listen;
+  const size_t colon = listen.rfind(':');
+  std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "[::]") host = "[::1]";
+  return absl::StrCat(host, ":", port);
+}
+
+// "host:port" with a port in 0..65535 (gRPC would silently wrap 99999 to 34463), or a unix: path.
+absl::Status CheckListenAddress(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return absl::OkStatus();
+  const size_t colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? "" : listen.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "" : listen.substr(colon + 1);
+  if (host.empty() || port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "listen: '", listen, "' is not host:port with a port in 0..65535 (e.g. 127.0.0.1:50051, 0.0.0.0:0, [::]:50051)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+AttentionServer::AttentionServer() = default;
+
+absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const ServerOptions& options,
+                                                                        std::unique_ptr<Backend> backend) {
+  if (backend == nullptr) return absl::InvalidArgumentError("AttentionServer::Start: backend is null");
+  if (options.max_request_bytes <= 0 || options.max_request_bytes > kMaxRequestBytesLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_request_bytes: must be in 1..", kMaxRequestBytesLimit,
+                     " (protobuf's 2 GiB message limit less 1 MiB for framing), got ", options.max_request_bytes));
+  }
+  if (options.max_tokens_per_request <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens_per_request: must be positive, got ", options.max_tokens_per_request));
+  }
+  if (absl::Status s = CheckListenAddress(options.listen); !s.ok()) return s;
+  InitGrpcOnce();
+
+  RequestLimits limits;
+  limits.max_request_bytes = options.max_request_bytes;
+  limits.max_tokens_per_request = options.max_tokens_per_request;
+
+  std::unique_ptr<AttentionServer> server(new AttentionServer);
+  server->backend_ = std::move(backend);
+  server->pool_ = std::make_unique<WorkerPool>(options.worker_threads, kMaxQueuedCalls);
+  server->service_ = std::make_unique<AttentionService>(server->backend_.get(), server->pool_.get(), limits,
+                                                        AvailableBackends());
+
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(server->service_.get());
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(limits.max_request_bytes + kMessageOverheadBytes, INT_MAX)));
+  builder.SetMaxSendMessageSize(-1);
+  // gRPC sets SO_REUSEPORT by default, which would let a second daemon bind the same port and
+  // silently split the traffic; a port in use must be an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  server->server_ = builder.BuildAndStart();
+  const bool unix_socket = absl::StartsWith(options.listen, "unix:");
+  if (server->server_ == nullptr || (!unix_socket && port == 0)) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen,
+                                               "' (address in use, or not host:port / unix:path)"));
+  }
+  if (grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService()) {
+    health->SetServingStatus(std::string(v1::Attention::service_full_name()), true);
+  }
+  server->port_ = unix_socket ? 0 : port;
+  server->address_ = DialableAddress(options.listen, port);
+  {
+    absl::MutexLock lock(&server->mu_);
+    server->state_ = State::kRunning;
+  }
+  std::fprintf(stderr, "attnd listening on %s\n", server->address_.c_str());
+  std::fflush(stderr);
+  return server;
+}
+
+void AttentionServer::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (state_ != State::kRunning) {
+      // Starting (never served), or another thread is draining: wait for it to finish.
+      if (state_ == State::kDraining) mu_.Await(absl::Condition(
+          +[](State* s) { return *s == State::kStopped; }, &state_));
+      return;
+    }
+    state_ = State::kDraining;
+  }
+  // Health checkers and watchers see NOT_SERVING; new attention calls are refused (UNAVAILABLE)
+  // while those accepted (queued for a worker or running) complete, until the last is done or
+  // the grace has passed. Then gRPC closes the listener and cancels whatever is still open:
+  // health Watch streams, and calls that outlived the grace. A running backend call still
+  // returns before Shutdown does; a cancelled queued one is dropped by its worker.
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health != nullptr) health->SetServingStatus(false);
+  service_->StartDraining();
+  service_->WaitUntilIdle(absl::Now() + std::max(grace, absl::ZeroDuration()));
+  if (health != nullptr) health->Shutdown();
+  server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  pool_->Stop();
+  absl::MutexLock lock(&mu_);
+  state_ = State::kStopped;
+}
+
+void AttentionServer::Wait() {
+  absl::MutexLock lock(&mu_);
+  if (state_ == State::kStarting) return;
+  mu_.Await(absl::Condition(+[](State* s) { return *s == State::kStopped; }, &state_));
+}
+
+AttentionServer::~AttentionServer() {
+  // A server that failed to start never reached kRunning; grpc::Server's destructor stops it.
+  Shutdown();
+}
+
+}  // namespace attnd

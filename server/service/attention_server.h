@@ -1,0 +1,85 @@
+// AttentionServer: the attnd gRPC server as an embeddable object. main.cc runs one as the daemon;
+// tests and the client library's tests start one in-process on a free loopback port.
+//
+// Besides attnd.v1.Attention it serves the standard grpc.health.v1.Health service (SERVING while
+// it accepts calls, NOT_SERVING once it drains) and server reflection (grpcurl, grpc_cli).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/backend.h"
+#include "server/service/request_validation.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace attnd {
+
+class AttentionService;
+class WorkerPool;
+
+struct ServerOptions {
+  // host:port; port 0 picks a free port (see port()/address()). "unix:/path" listens on a Unix
+  // domain socket.
+  std::string listen = "127.0.0.1:0";
+  // Largest request, summed over its tensors' bytes; responses are held to it too. Default and
+  // maximum 2 GiB - 1 MiB (kMaxRequestBytesLimit): protobuf cannot carry a message of 2 GiB, and
+  // the rest is room for shapes and params.
+  int64_t max_request_bytes = kDefaultMaxRequestBytes;
+  // Most tokens in q, and in k/v, of one request (total_q, total_k): 16 Mi (2^24). Never more than
+  // INT32_MAX, the range of cu_seqlens.
+  int64_t max_tokens_per_request = kDefaultMaxTokensPerRequest;
+  // Requests computed at once; <= 0: hardware threads. Up to kMaxQueuedCalls more wait in a queue,
+  // beyond which calls get RESOURCE_EXHAUSTED ("server busy").
+  int worker_threads = 0;
+};
+
+// Calls validated and waiting for a worker, beyond which new calls are refused.
+inline constexpr size_t kMaxQueuedCalls = 4096;
+
+class AttentionServer {
+ public:
+  // Binds, starts serving and logs "attnd listening on <address()>" to stderr. Errors: a null
+  // backend or bad limits (INVALID_ARGUMENT), an address that cannot be bound (UNAVAILABLE).
+  static absl::StatusOr<std::unique_ptr<AttentionServer>> Start(const ServerOptions& options,
+                                                                std::unique_ptr<Backend> backend);
+
+  int port() const { return port_; }
+  // A dialable address: the listen host (127.0.0.1 / [::1] for a wildcard host) and the bound port.
+  std::string address() const { return address_; }
+
+  // Stops accepting new calls; in-flight calls finish until `grace` passes, then are cancelled.
+  // Returns when every call has finished. Thread-safe; later calls wait for the first to finish.
+  void Shutdown(absl::Duration grace = absl::Seconds(30));
+  // Blocks until Shutdown() has finished.
+  void Wait();
+  ~AttentionServer();  // Shutdown() if still running
+
+  AttentionServer(const AttentionServer&) = delete;
+  AttentionServer& operator=(const AttentionServer&) = delete;
+
+ private:
+  AttentionServer();
+
+  enum class State { kStarting, kRunning, kDraining, kStopped };
+
+  // Destroyed in reverse: the gRPC server first, the backend last.
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::string address_;
+
+  absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kStarting;
+};
+
+}  // namespace attnd

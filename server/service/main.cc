@@ -1,0 +1,131 @@
+// attnd: the attention daemon.
+//
+//   attnd [--listen=127.0.0.1:50051] [--backend=auto|cpu|cuda] [--threads=N] [--workers=N]
+//         [--max_request_bytes=N] [--max_tokens=N] [--deterministic] [--shutdown_grace=30s]
+//
+// Prints "attnd listening on HOST:PORT" on stderr once it serves (with --listen=...:0 the port is
+// the one the kernel picked, so scripts parse that line). SIGTERM or SIGINT: stop accepting calls,
+// let in-flight calls finish (up to --shutdown_grace, then they are cancelled), exit 0. A second
+// signal (one second or more after the first) exits at once with status 1.
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/backends/backend_factory.h"
+#include "server/service/attention_server.h"
+#include "server/service/attention_service.h"
+
+// Loopback by default: attnd has no authentication, so serving other hosts is an explicit choice
+// (--listen=0.0.0.0:50051, as the container does).
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "host:port to serve on (port 0 picks a free port; the chosen address is logged), or unix:/path");
+ABSL_FLAG(std::string, backend, "auto", "auto (cuda when a GPU is visible, else cpu), cpu or cuda");
+ABSL_FLAG(int, threads, 0, "CPU backend threads; <= 0: one per hardware thread");
+ABSL_FLAG(int, workers, 0, "requests computed at once; <= 0: one per hardware thread");
+ABSL_FLAG(int64_t, max_request_bytes, attnd::kDefaultMaxRequestBytes,
+          "largest request (sum of its tensors' bytes); responses are held to it too. At most (and by "
+          "default) 2 GiB - 1 MiB");
+ABSL_FLAG(int64_t, max_tokens, attnd::kDefaultMaxTokensPerRequest,
+          "most tokens in q, and in k/v, of one request (batch x seqlen, or total for packed)");
+ABSL_FLAG(bool, deterministic, false, "bitwise reproducible backward on every request (no float atomics)");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
+          "on SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled");
+
+namespace {
+
+void Log(const std::string& line) {
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig usage;
+  // --help lists this file's flags (absl's default looks for a file named after the program).
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/service/main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return absl::StrCat("attnd ", attnd::AttndVersion(), "\n"); };
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage("attention over gRPC (attnd.v1.Attention, grpc.health.v1, reflection)");
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    Log(absl::StrCat("attnd: unexpected argument '", rest[1], "' (see --help)"));
+    return 2;
+  }
+
+  // Signals are taken by a dedicated sigwait thread, never in a handler. Block them before any
+  // other thread exists (backend pools, gRPC) so that every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  attnd::BackendOptions backend_options;
+  backend_options.cpu_threads = absl::GetFlag(FLAGS_threads);
+  backend_options.deterministic = absl::GetFlag(FLAGS_deterministic);
+  absl::StatusOr<std::unique_ptr<attnd::Backend>> backend =
+      attnd::CreateBackend(absl::GetFlag(FLAGS_backend), backend_options);
+  if (!backend.ok()) {
+    Log(absl::StrCat("attnd: --backend=", absl::GetFlag(FLAGS_backend), ": ", backend.status().ToString()));
+    return 1;
+  }
+  const std::string backend_name((*backend)->name());
+
+  attnd::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
+  options.worker_threads = absl::GetFlag(FLAGS_workers);
+  absl::StatusOr<std::unique_ptr<attnd::AttentionServer>> server =
+      attnd::AttentionServer::Start(options, *std::move(backend));
+  if (!server.ok()) {
+    Log(absl::StrCat("attnd: ", server.status().ToString()));
+    return 1;
+  }
+  Log(absl::StrCat("attnd ", attnd::AttndVersion(), ": backend ", backend_name, ", ",
+                   options.worker_threads > 0 ? options.worker_threads
+                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())),
+                   " workers, max_request_bytes ", options.max_request_bytes, ", max_tokens ",
+                   options.max_tokens_per_request));
+
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    Log(absl::StrCat("attnd: ", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                     ", draining in-flight calls (grace ", absl::FormatDuration(grace), ")"));
+    // A second signal forces the exit. Ignore copies that arrive together with the first (tools
+    // like timeout(1) signal both the process and its group).
+    const absl::Time first = absl::Now();
+    std::thread([signals, first] {
+      for (;;) {
+        int again = 0;
+        sigwait(&signals, &again);
+        if (absl::Now() - first < absl::Seconds(1)) continue;
+        Log("attnd: second signal while draining, exiting now");
+        std::_Exit(1);
+      }
+    }).detach();
+    (*server)->Shutdown(grace);
+  });
+  (*server)->Wait();
+  signal_thread.join();
+  server->reset();
+  Log("attnd: stopped");
+  return 0;
+}

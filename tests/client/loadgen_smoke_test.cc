@@ -1,0 +1,118 @@
+// attn_loadgen, the real executable, against an in-process daemon on loopback: it must measure
+// something, check what it measured, report it as JSON, and fail loudly when the daemon is wrong
+// or absent.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <regex>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "server/backends/cpu/cpu_backend.h"
+#include "tests/client/client_test_util.h"
+#include "tests/client/test_backends.h"
+
+#ifndef ATTN_LOADGEN_PATH
+#error "ATTN_LOADGEN_PATH must name the attn_loadgen executable"
+#endif
+
+namespace attnd::testing {
+namespace {
+
+struct LoadgenRun {
+  int exit_code = -1;
+  std::string stdout_text;
+};
+
+LoadgenRun RunLoadgen(const std::string& args) {
+  const std::string command = std::string(ATTN_LOADGEN_PATH) + " " + args;
+  LoadgenRun run;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) {
+    ADD_FAILURE() << "cannot run " << command;
+    return run;
+  }
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) run.stdout_text.append(buffer, n);
+  const int status = pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+// The number after "key": in the JSON object (-1 when absent).
+double JsonNumber(const std::string& json, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + key + "\":(-?[0-9.eE+-]+)"))) return -1;
+  return std::stod(m[1]);
+}
+
+TEST(LoadgenSmoke, ForwardForTwoSecondsWithCheck) {
+  Loopback lb;
+  StartLoopback(CreateCpuBackend(2), 2, &lb);
+  const LoadgenRun run = RunLoadgen("--target=" + lb.server->address() +
+                             " --duration=2 --concurrency=4 --batch=2 --seqlen_q=64 --seqlen_k=80 --heads_q=4"
+                             " --heads_kv=2 --head_dim=64 --dtype=bf16 --causal --check --check_every=2 --json");
+  SCOPED_TRACE(run.stdout_text);
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_GT(JsonNumber(run.stdout_text, "requests"), 0);
+  EXPECT_GT(JsonNumber(run.stdout_text, "ok"), 0);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "errors"), 0);
+  EXPECT_GT(JsonNumber(run.stdout_text, "checked"), 0);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "mismatches"), 0);
+  EXPECT_GT(JsonNumber(run.stdout_text, "requests_per_s"), 0);
+  EXPECT_GT(JsonNumber(run.stdout_text, "payload_gb_per_s"), 0);
+  EXPECT_GT(JsonNumber(run.stdout_text, "p99"), 0);
+  EXPECT_GE(JsonNumber(run.stdout_text, "elapsed_s"), 1.9);
+}
+
+TEST(LoadgenSmoke, BackwardVarlenCountedRequestsAllChecked) {
+  Loopback lb;
+  StartLoopback(CreateCpuBackend(2), 2, &lb);
+  const LoadgenRun run = RunLoadgen("--target=" + lb.server->address() +
+                             " --requests=12 --concurrency=3 --direction=backward --varlen --batch=3 --seqlen_q=40"
+                             " --heads_q=2 --head_dim=32 --dtype=fp16 --causal --check --json");
+  SCOPED_TRACE(run.stdout_text);
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "ok"), 12);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "checked"), 12);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "mismatches"), 0);
+}
+
+TEST(LoadgenSmoke, CheckCatchesADaemonReturningWrongNumbers) {
+  Loopback lb;
+  StartLoopback(std::make_unique<CorruptingBackend>(CreateCpuBackend(2)), 2, &lb);
+  const LoadgenRun run = RunLoadgen("--target=" + lb.server->address() +
+                             " --requests=4 --batch=1 --seqlen_q=32 --heads_q=2 --head_dim=32 --check --json");
+  SCOPED_TRACE(run.stdout_text);
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "mismatches"), 4);
+  EXPECT_NE(run.stdout_text.find("relative L2 error"), std::string::npos);
+}
+
+TEST(LoadgenSmoke, TextSummaryNamesTheNumbers) {
+  Loopback lb;
+  StartLoopback(CreateCpuBackend(2), 2, &lb);
+  const LoadgenRun run = RunLoadgen("--target=" + lb.server->address() +
+                             " --requests=5 --batch=1 --seqlen_q=16 --heads_q=2 --head_dim=16 --dtype=fp32");
+  SCOPED_TRACE(run.stdout_text);
+  EXPECT_EQ(run.exit_code, 0);
+  for (const char* word : {"requests/s", "GB/s", "p50", "p90", "p99", "max"}) {
+    EXPECT_NE(run.stdout_text.find(word), std::string::npos) << word;
+  }
+}
+
+TEST(LoadgenSmoke, UnreachableDaemonExitsTwo) {
+  const LoadgenRun run = RunLoadgen("--target=127.0.0.1:1 --connect_timeout=0.5 --requests=1 --seqlen_q=8 --heads_q=1"
+                             " --head_dim=8 --json");
+  EXPECT_EQ(run.exit_code, 2);
+}
+
+TEST(LoadgenSmoke, BadFlagsExitTwo) {
+  EXPECT_EQ(RunLoadgen("--heads_q=6 --heads_kv=4").exit_code, 2);
+  EXPECT_EQ(RunLoadgen("--dtype=fp8").exit_code, 2);
+  EXPECT_EQ(RunLoadgen("--direction=sideways").exit_code, 2);
+}
+
+}  // namespace
+}  // namespace attnd::testing
