@@ -63,8 +63,8 @@ struct ClientOptions {
 struct CallOptions {
   // Deadline of this call, counted from when it starts; unset: ClientOptions::default_timeout.
   // absl::InfiniteDuration(): no deadline.
-  std::optional<absl::Duration> timeout;
-  std::optional<bool> wait_for_ready;  // unset: ClientOptions::wait_for_ready
+  std::optional<absl::Duration> timeout = std::nullopt;
+  std::optional<bool> wait_for_ready = std::nullopt;  // unset: ClientOptions::wait_for_ready
 };
 
 template <typename Response>

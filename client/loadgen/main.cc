@@ -1,6 +1,6 @@
 // attn_loadgen: closed-loop load against an attnd daemon.
 //
-//   attn_loadgen --target=127.0.0.1:7100 --concurrency=8 --duration=10 --dtype=bf16 \
+//   attn_loadgen --target=127.0.0.1:7100 --concurrency=8 --duration=10 --dtype=bf16
 //                --batch=1 --seqlen_q=1024 --heads_q=16 --head_dim=128 --check --json
 //
 // Exit status: 0 on success; 1 when a checked response mismatched, no call succeeded, or (with
@@ -11,6 +11,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/attnd/tensors.h"
@@ -114,6 +116,11 @@ absl::StatusOr<LoadSpec> SpecFromFlags() {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Closed-loop load generator for attnd. See client/loadgen/main.cc.");
+  // --help lists this file's flags (by default Abseil looks for a file named after the program).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "client/loadgen/"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   absl::StatusOr<LoadSpec> spec = SpecFromFlags();
   if (!spec.ok()) {

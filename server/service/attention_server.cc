@@ -54,7 +54,8 @@ absl::Status CheckListenAddress(const std::string& listen) {
   if (host.empty() || port.empty() || port.size() > 5 ||
       port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "listen: '", listen, "' is not host:port with a port in 0..65535 (e.g. 127.0.0.1:50051, 0.0.0.0:0, [::]:50051)"));
+        "listen: '", listen,
+        "' is not host:port with a port in 0..65535 (e.g. 127.0.0.1:50051, 0.0.0.0:0, [::]:50051)"));
   }
   return absl::OkStatus();
 }

@@ -107,7 +107,8 @@ absl::Status CheckByteCount(const Tensor& t, absl::string_view name, DType dtype
   int64_t bytes = static_cast<int64_t>(ElementSize(dtype));
   for (int64_t d : t.shape()) {
     if (__builtin_mul_overflow(bytes, d, &bytes)) {
-      return Invalid(absl::StrCat(name, ".shape"), absl::StrCat(ShapeString(t.shape()), " overflows 64-bit byte counts"));
+      return Invalid(absl::StrCat(name, ".shape"),
+                     absl::StrCat(ShapeString(t.shape()), " overflows 64-bit byte counts"));
     }
   }
   if (static_cast<int64_t>(t.data().size()) != bytes) {
@@ -222,7 +223,8 @@ absl::StatusOr<CoreRequest> ValidateCore(const Tensor& q, const Tensor& k, const
   }
   core.options.causal = params.causal();
   core.options.deterministic = params.deterministic();
-  core.options.softmax_scale = scale == 0.f ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim))) : scale;
+  core.options.softmax_scale =
+      scale == 0.f ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim))) : scale;
 
   if (!packed) {
     if (params.cu_seqlens_q_size() > 0 || params.cu_seqlens_k_size() > 0) {

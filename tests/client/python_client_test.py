@@ -271,6 +271,7 @@ def main():
     parser.add_argument("--client_dir", required=True)
     parser.add_argument("--proto_root", required=True)
     ARGS, rest = parser.parse_known_args()
+    sys.dont_write_bytecode = True  # no __pycache__ in the source tree's client/python
     sys.path.insert(0, ARGS.client_dir)
     import attnd_client
 

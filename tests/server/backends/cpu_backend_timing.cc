@@ -47,6 +47,10 @@ int Main(int argc, char** argv) {
   for (cpu::CpuIsa isa : cpu::AvailableCpuIsas()) {
     if (kv["isa"] == cpu::CpuIsaName(isa)) options.isa = isa;
   }
+  if (kv["isa"] != "best" && !options.isa.has_value()) {
+    std::fprintf(stderr, "isa=%s is not available on this CPU\n", kv["isa"].c_str());
+    return 1;
+  }
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackendWithOptions(options);
   if (!backend.ok()) {
     std::fprintf(stderr, "%s\n", backend.status().ToString().c_str());
