@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs everything attnd needs to build and test on a fresh Debian 12 machine, from Debian's
 # packages only. Idempotent: a machine that already has them spends a second here.
+# ATTND_DEPS=build (the container's build stage) installs what building needs and skips the tools
+# only the tests use (a real Prometheus for the metrics integration test, python3-yaml for the
+# manifest checks); the default, all, installs both.
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libcpp-httplib-dev
   googletest libgtest-dev libgmock-dev
-  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy
+  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy python3-torch python3-matplotlib
 )
+if [[ ${ATTND_DEPS:-all} != build ]]; then
+  packages+=(prometheus python3-yaml)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

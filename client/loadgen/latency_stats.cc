@@ -23,6 +23,7 @@ LatencySummary Summarize(std::vector<double> latencies_ms) {
   s.min_ms = latencies_ms.front();
   s.p50_ms = Percentile(latencies_ms, 50);
   s.p90_ms = Percentile(latencies_ms, 90);
+  s.p95_ms = Percentile(latencies_ms, 95);
   s.p99_ms = Percentile(latencies_ms, 99);
   s.max_ms = latencies_ms.back();
   return s;

@@ -13,6 +13,7 @@ struct LatencySummary {
   double min_ms = 0;
   double p50_ms = 0;
   double p90_ms = 0;
+  double p95_ms = 0;
   double p99_ms = 0;
   double max_ms = 0;
 };

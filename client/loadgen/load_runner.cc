@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -15,61 +18,137 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// What one closed-loop thread saw; merged into the LoadReport at the end.
-struct ThreadStats {
-  std::vector<double> latencies_ms;
-  LoadReport report;
-  Clock::time_point last_end{};
+Clock::duration ToClock(double seconds) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+// One finished call. `start` is when it was sent (closed loop) or scheduled to be sent (open loop).
+struct Sample {
+  Clock::time_point start;
+  Clock::time_point end;
+  const Payload* payload;
+  absl::StatusCode code;
 };
 
-class ClosedLoop {
+// Every call of the step, from every thread; reports are cut from it by time range.
+class Recorder {
  public:
-  ClosedLoop(const LoadSpec& spec, const std::vector<Payload>& payloads) : spec_(spec), payloads_(payloads) {}
+  void Add(const Payload& payload, Clock::time_point start, Clock::time_point end, const absl::Status& status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    samples_.push_back({start, end, &payload, status.code()});
+    if (!status.ok()) examples_.emplace(absl::StatusCodeToString(status.code()), std::string(status.message()));
+  }
 
-  // Runs until the duration or request budget is spent; returns the merged report.
-  LoadReport Run(const std::vector<std::unique_ptr<Client>>& clients) {
-    start_ = Clock::now();
-    measure_start_ = start_ + ToClock(spec_.warmup_s);
-    end_ = measure_start_ + ToClock(spec_.duration_s);
-    std::vector<ThreadStats> stats(spec_.concurrency);
-    std::vector<std::thread> threads;
-    for (int i = 0; i < spec_.concurrency; ++i) {
-      threads.emplace_back([&, i] { Loop(*clients[i % clients.size()], &stats[i]); });
+  void AddCheck(const CheckResult& checked) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++checked_;
+    max_rel_l2_ = std::max(max_rel_l2_, checked.max_rel_l2);
+    if (!checked.ok && mismatches_++ == 0) first_mismatch_ = checked.detail;
+  }
+
+  // The calls that ended in [from, to) (or, by_start, that started at or after `from`), over
+  // elapsed_s seconds (< 0: from `from` to the last of their ends). Check results are the step's.
+  LoadReport Report(Clock::time_point from, Clock::time_point to, bool by_start, double elapsed_s) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    LoadReport r;
+    std::vector<double> latencies;
+    Clock::time_point last_end = from;
+    for (const Sample& s : samples_) {
+      if (by_start ? s.start < from : (s.end < from || s.end >= to)) continue;
+      last_end = std::max(last_end, s.end);
+      if (s.code != absl::StatusCode::kOk) {
+        ++r.errors;
+        const std::string code = absl::StatusCodeToString(s.code);
+        ++r.errors_by_code[code];
+        r.error_examples.emplace(code, examples_.at(code));
+        continue;
+      }
+      ++r.ok;
+      r.request_bytes += s.payload->request_bytes;
+      r.response_bytes += s.payload->response_bytes;
+      r.flops += s.payload->flops;
+      latencies.push_back(std::chrono::duration<double, std::milli>(s.end - s.start).count());
     }
-    for (std::thread& t : threads) t.join();
-    return Merge(stats);
+    r.elapsed_s = elapsed_s >= 0 ? elapsed_s : std::chrono::duration<double>(last_end - from).count();
+    r.latency = Summarize(std::move(latencies));
+    r.checked = checked_;
+    r.mismatches = mismatches_;
+    r.max_rel_l2 = max_rel_l2_;
+    r.first_mismatch = first_mismatch_;
+    return r;
   }
 
  private:
-  static Clock::duration ToClock(double seconds) {
-    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  mutable std::mutex mu_;
+  std::vector<Sample> samples_;
+  std::map<std::string, std::string> examples_;
+  int64_t checked_ = 0, mismatches_ = 0;
+  double max_rel_l2_ = 0;
+  std::string first_mismatch_;
+};
+
+class LoadStep {
+ public:
+  LoadStep(const LoadSpec& spec, const std::vector<Payload>& payloads) : spec_(spec), payloads_(payloads) {}
+
+  LoadReport Run(const std::vector<std::unique_ptr<Client>>& clients, const WindowProgress& progress) {
+    start_ = Clock::now();
+    measure_start_ = start_ + ToClock(spec_.warmup_s);
+    end_ = measure_start_ + ToClock(spec_.duration_s);
+    std::vector<std::thread> threads;
+    if (spec_.rate > 0) {
+      threads.emplace_back([&] { OpenLoop(clients); });
+    } else {
+      for (int i = 0; i < spec_.concurrency; ++i) {
+        threads.emplace_back([&, i] { ClosedLoop(*clients[i % clients.size()]); });
+      }
+    }
+    LoadReport report;
+    if (windowed()) report = MeasureWindows(progress);
+    for (std::thread& t : threads) t.join();
+    if (!windowed()) report = recorder_.Report(measure_start_, Clock::time_point::max(), /*by_start=*/true, -1);
+    return report;
   }
 
-  // Claims the next call: its place in the payload rotation, and whether it counts (started after
-  // the warm-up) and is checked (every check_every-th measured call, starting with the first).
-  bool Next(int64_t* sequence, bool* measured, bool* check) {
-    const Clock::time_point now = Clock::now();
+ private:
+  bool windowed() const { return spec_.window_s > 0; }
+  double tolerance() const { return spec_.check_tolerance > 0 ? spec_.check_tolerance : DefaultTolerance(spec_.dtype); }
+
+  // Whether a call sent (or scheduled) at `now` is sent at all, and whether it is checked (every
+  // check_every-th measured call, starting with the first). Without windows the duration or the
+  // request count ends the step; with windows, MeasureWindows does.
+  bool Admit(Clock::time_point now, bool* measured, bool* check) {
     *measured = now >= measure_start_;
     *check = false;
-    if (*measured) {
-      const int64_t ticket = tickets_.fetch_add(1);
-      if (spec_.requests > 0 ? ticket >= spec_.requests : now >= end_) return false;
-      *check = spec_.check && ticket % spec_.check_every == 0;
-    }
-    *sequence = sequence_.fetch_add(1);
+    if (stop_.load()) return false;
+    if (!*measured) return true;
+    const int64_t ticket = tickets_.fetch_add(1);
+    if (!windowed() && (spec_.requests > 0 ? ticket >= spec_.requests : now >= end_)) return false;
+    *check = spec_.check && ticket % spec_.check_every == 0;
     return true;
   }
 
-  void Loop(Client& client, ThreadStats* stats) {
+  void Finish(const Payload& payload, Clock::time_point start, bool measured, const absl::Status& status,
+              const CheckResult* checked) {
+    const Clock::time_point end = Clock::now();
+    if (measured || windowed()) recorder_.Add(payload, start, end, status);
+    if (checked != nullptr && status.ok()) recorder_.AddCheck(*checked);
+  }
+
+  CallOptions Call() const {
     CallOptions call;
     call.timeout = absl::Seconds(spec_.timeout_s);
-    int64_t sequence = 0;
+    return call;
+  }
+
+  void ClosedLoop(Client& client) {
+    const CallOptions call = Call();
     bool measured = false, check = false;
-    while (Next(&sequence, &measured, &check)) {
-      const Payload& payload = payloads_[sequence % payloads_.size()];
+    while (Admit(Clock::now(), &measured, &check)) {
+      const Payload& payload = payloads_[sequence_.fetch_add(1) % payloads_.size()];
       const Clock::time_point begin = Clock::now();
-      absl::Status status;
       CheckResult checked;
+      absl::Status status;
       if (payload.forward) {
         absl::StatusOr<v1::ForwardResponse> response = client.Forward(*payload.forward, call);
         status = response.status();
@@ -79,65 +158,92 @@ class ClosedLoop {
         status = response.status();
         if (check && response.ok()) checked = CheckBackward(*response, *payload.expected_backward, tolerance());
       }
-      const Clock::time_point end = Clock::now();
-      if (!measured) continue;
-      Record(payload, status, begin, end, stats);
-      if (check && status.ok()) RecordCheck(checked, &stats->report);
+      Finish(payload, begin, measured, status, check ? &checked : nullptr);
     }
   }
 
-  double tolerance() const { return spec_.check_tolerance > 0 ? spec_.check_tolerance : DefaultTolerance(spec_.dtype); }
-
-  static void Record(const Payload& payload, const absl::Status& status, Clock::time_point begin,
-                     Clock::time_point end, ThreadStats* stats) {
-    LoadReport& r = stats->report;
-    stats->last_end = std::max(stats->last_end, end);
-    if (!status.ok()) {
-      ++r.errors;
-      const std::string code = absl::StatusCodeToString(status.code());
-      ++r.errors_by_code[code];
-      r.error_examples.emplace(code, std::string(status.message()));
-      return;
+  // One sender: sleeps until each scheduled time and sends asynchronously; the answers arrive on
+  // gRPC threads. A send that is late (the sender was held up, or max_in_flight calls are open)
+  // still counts its latency from the scheduled time.
+  void OpenLoop(const std::vector<std::unique_ptr<Client>>& clients) {
+    std::mt19937_64 rng(spec_.seed * 0x9E3779B97F4A7C15ull + 1);
+    std::exponential_distribution<double> poisson_gap(spec_.rate);
+    const CallOptions call = Call();
+    Clock::time_point scheduled = start_;
+    bool measured = false, check = false;
+    for (int64_t i = 0;; ++i) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_until(lock, scheduled, [&] { return stop_.load(); });
+        cv_.wait(lock, [&] { return stop_.load() || in_flight_ < spec_.max_in_flight; });
+      }
+      if (!Admit(scheduled, &measured, &check)) break;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++in_flight_;
+      }
+      const Payload& payload = payloads_[i % payloads_.size()];
+      Client& client = *clients[i % clients.size()];
+      const double tol = tolerance();
+      if (payload.forward) {
+        client.ForwardAsync(payload.forward, [this, &payload, scheduled, measured, check, tol](
+                                                 absl::StatusOr<v1::ForwardResponse> response) {
+          CheckResult checked;
+          if (check && response.ok()) checked = CheckForward(*response, *payload.expected_forward, tol);
+          Done(payload, scheduled, measured, response.status(), check ? &checked : nullptr);
+        }, call);
+      } else {
+        client.BackwardAsync(payload.backward, [this, &payload, scheduled, measured, check, tol](
+                                                   absl::StatusOr<v1::BackwardResponse> response) {
+          CheckResult checked;
+          if (check && response.ok()) checked = CheckBackward(*response, *payload.expected_backward, tol);
+          Done(payload, scheduled, measured, response.status(), check ? &checked : nullptr);
+        }, call);
+      }
+      scheduled += ToClock(spec_.arrival == Arrival::kPoisson ? poisson_gap(rng) : 1.0 / spec_.rate);
     }
-    ++r.ok;
-    r.request_bytes += payload.request_bytes;
-    r.response_bytes += payload.response_bytes;
-    r.flops += payload.flops;
-    stats->latencies_ms.push_back(std::chrono::duration<double, std::milli>(end - begin).count());
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_ == 0; });
   }
 
-  static void RecordCheck(const CheckResult& checked, LoadReport* r) {
-    ++r->checked;
-    r->max_rel_l2 = std::max(r->max_rel_l2, checked.max_rel_l2);
-    if (!checked.ok) {
-      ++r->mismatches;
-      if (r->first_mismatch.empty()) r->first_mismatch = checked.detail;
-    }
+  void Done(const Payload& payload, Clock::time_point scheduled, bool measured, const absl::Status& status,
+            const CheckResult* checked) {
+    Finish(payload, scheduled, measured, status, checked);
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_flight_;
+    cv_.notify_all();
   }
 
-  LoadReport Merge(std::vector<ThreadStats>& stats) const {
-    LoadReport all;
-    std::vector<double> latencies;
-    Clock::time_point last_end = measure_start_;
-    for (ThreadStats& s : stats) {
-      const LoadReport& r = s.report;
-      all.ok += r.ok;
-      all.errors += r.errors;
-      for (const auto& [code, n] : r.errors_by_code) all.errors_by_code[code] += n;
-      for (const auto& [code, message] : r.error_examples) all.error_examples.emplace(code, message);
-      all.request_bytes += r.request_bytes;
-      all.response_bytes += r.response_bytes;
-      all.flops += r.flops;
-      all.checked += r.checked;
-      all.mismatches += r.mismatches;
-      all.max_rel_l2 = std::max(all.max_rel_l2, r.max_rel_l2);
-      if (all.first_mismatch.empty()) all.first_mismatch = r.first_mismatch;
-      latencies.insert(latencies.end(), s.latencies_ms.begin(), s.latencies_ms.end());
-      last_end = std::max(last_end, s.last_end);
+  // Closes a window every window_s seconds after the warm-up until the last stable_windows agree or
+  // the step's duration is spent; then stops the senders. Reports the stable windows (or, when the
+  // rule was never met, every window).
+  LoadReport MeasureWindows(const WindowProgress& progress) {
+    std::vector<LoadReport> windows;
+    const int n = std::max(1, spec_.stable_windows);
+    const int most = std::max(1, static_cast<int>(spec_.duration_s / spec_.window_s + 1e-9));
+    bool stable = false;
+    Clock::time_point w_end = measure_start_;
+    while (static_cast<int>(windows.size()) < most) {
+      w_end = measure_start_ + ToClock(spec_.window_s * (windows.size() + 1));
+      std::this_thread::sleep_until(w_end);
+      windows.push_back(recorder_.Report(w_end - ToClock(spec_.window_s), w_end, false, spec_.window_s));
+      if (progress) progress(static_cast<int>(windows.size()), windows.back());
+      if (static_cast<int>(windows.size()) >= n && WindowsStable(windows, n, spec_.stability)) {
+        stable = true;
+        break;
+      }
     }
-    all.elapsed_s = std::chrono::duration<double>(last_end - measure_start_).count();
-    all.latency = Summarize(std::move(latencies));
-    return all;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    const int covered = stable ? n : static_cast<int>(windows.size());
+    LoadReport r = recorder_.Report(w_end - ToClock(spec_.window_s * covered), w_end, false, spec_.window_s * covered);
+    r.windows = covered;
+    r.windows_run = static_cast<int>(windows.size());
+    r.stable = stable;
+    return r;
   }
 
   const LoadSpec& spec_;
@@ -145,14 +251,38 @@ class ClosedLoop {
   Clock::time_point start_, measure_start_, end_;
   std::atomic<int64_t> tickets_{0};
   std::atomic<int64_t> sequence_{0};
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;  // in_flight_ and the senders' waits
+  std::condition_variable cv_;
+  int in_flight_ = 0;
+  Recorder recorder_;
 };
 
 }  // namespace
 
-absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Payload>& payloads) {
+bool WindowsStable(const std::vector<LoadReport>& windows, int n, double tolerance) {
+  if (n < 1 || static_cast<int>(windows.size()) < n) return false;
+  auto within = [&](auto value) {
+    double lo = value(windows.back()), hi = lo;
+    for (size_t i = windows.size() - n; i < windows.size(); ++i) {
+      lo = std::min(lo, value(windows[i]));
+      hi = std::max(hi, value(windows[i]));
+    }
+    return hi <= 0 || (hi - lo) / hi <= tolerance;
+  };
+  return within([](const LoadReport& r) { return r.requests_per_s(); }) &&
+         within([](const LoadReport& r) { return r.latency.p99_ms; });
+}
+
+absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Payload>& payloads,
+                                   const WindowProgress& progress) {
   if (payloads.empty()) return absl::InvalidArgumentError("no payloads");
   if (spec.concurrency < 1) return absl::InvalidArgumentError("--concurrency must be at least 1");
-  const int connections = spec.connections > 0 ? std::min(spec.connections, spec.concurrency) : spec.concurrency;
+  if (spec.rate < 0) return absl::InvalidArgumentError("--rate must be > 0");
+  // Closed loop: one connection per client unless told; open loop: 4 unless told.
+  const int connections = spec.rate > 0 ? (spec.connections > 0 ? spec.connections : 4)
+                          : spec.connections > 0 ? std::min(spec.connections, spec.concurrency)
+                                                 : spec.concurrency;
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < connections; ++i) {
     ClientOptions options;
@@ -163,7 +293,7 @@ absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Paylo
     if (!client.ok()) return client.status();
     clients.push_back(std::move(*client));
   }
-  return ClosedLoop(spec, payloads).Run(clients);
+  return LoadStep(spec, payloads).Run(clients, progress);
 }
 
 }  // namespace attnd::loadgen

@@ -1,9 +1,14 @@
-// The closed loop: spec.concurrency threads, each with its own place in the rotation of payloads,
-// send one call, wait for its answer, check it when sampled, and send the next, until the duration
-// or the request count is used up. Only calls started after the warm-up are measured.
+// One load step. Closed loop (spec.rate == 0): spec.concurrency threads, each with its own place in
+// the rotation of payloads, send one call, wait for its answer, check it when sampled, and send the
+// next. Open loop (spec.rate > 0): one sender schedules calls at spec.rate per second (Poisson or
+// constant gaps) and sends them asynchronously; a call's latency counts from its scheduled send
+// time, so a daemon (or a client) that falls behind shows as latency, not as fewer samples
+// (no coordinated omission). Without windows only calls started after the warm-up are measured;
+// with windows (spec.window_s > 0) a window holds the calls that ended in it.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,6 +34,9 @@ struct LoadReport {
   int64_t mismatches = 0;
   double max_rel_l2 = 0;        // worst relative L2 error among checked responses
   std::string first_mismatch;
+  int windows = 0;              // measurement windows the report covers (0: no windows)
+  int windows_run = 0;          // windows measured in all before the step ended
+  bool stable = false;          // the stability rule was met (windows mode)
 
   double requests_per_s() const { return elapsed_s > 0 ? ok / elapsed_s : 0; }
   double payload_gb_per_s() const { return elapsed_s > 0 ? (request_bytes + response_bytes) / elapsed_s / 1e9 : 0; }
@@ -37,6 +45,13 @@ struct LoadReport {
 
 // Connects the channels (UNAVAILABLE if the daemon cannot be reached in spec.connect_timeout_s) and
 // runs the loop over `payloads`.
-absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Payload>& payloads);
+// `progress`, when set, is called after each window (windows mode) with the window's own numbers.
+using WindowProgress = std::function<void(int window, const LoadReport& window_report)>;
+absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Payload>& payloads,
+                                   const WindowProgress& progress = nullptr);
+
+// True when the last n reports agree within `tolerance`: (max - min) / max of their requests/s,
+// and of their p99 latency, at most tolerance.
+bool WindowsStable(const std::vector<LoadReport>& windows, int n, double tolerance);
 
 }  // namespace attnd::loadgen

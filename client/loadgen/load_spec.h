@@ -10,14 +10,25 @@
 namespace attnd::loadgen {
 
 enum class Direction { kForward, kBackward };
+enum class Arrival { kPoisson, kConstant };
 
 struct LoadSpec {
   std::string target;
   int concurrency = 1;       // closed-loop clients, each with one call in flight at all times
+  double rate = 0;           // > 0: open loop, this many calls/s offered whatever the answers do
+  Arrival arrival = Arrival::kPoisson;  // open loop: the gaps between scheduled sends
+  int max_in_flight = 4096;  // open loop: sends wait (their latency still counting) beyond this
   int connections = 0;       // gRPC channels (TCP connections) they share; 0: one per client
   double duration_s = 10;    // how long to keep issuing calls (ignored when requests > 0)
   int64_t requests = 0;      // total calls to issue; > 0 overrides duration_s
   double warmup_s = 0;       // calls started in the first warmup_s seconds are not measured
+  // Measurement windows: > 0 measures consecutive windows of window_s seconds after the warm-up
+  // and ends the step once the last stable_windows windows agree within `stability` (relative) in
+  // throughput and p99, or after duration_s (the step's cap). The report covers those windows.
+  // 0: one measurement of duration_s (or of `requests` calls).
+  double window_s = 0;
+  int stable_windows = 3;
+  double stability = 0.10;
   double timeout_s = 60;     // per-call deadline
   double connect_timeout_s = 10;  // how long to wait for the daemon before giving up
 

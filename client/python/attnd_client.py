@@ -1,9 +1,14 @@
-"""A thin Python client of attnd, on grpcio and numpy, with stubs generated from the .proto.
+"""The Python client of attnd, on grpcio and numpy, with stubs generated from the .proto.
 
     import attnd_client
     client = attnd_client.AttndClient("127.0.0.1:7100", stubs_dir="/tmp/attnd_stubs")
     out, lse = client.forward(q, k, v, causal=True)          # numpy in, numpy float32 out
     dq, dk, dv = client.backward(q, k, v, out, lse, grad_out, causal=True)
+
+    async with attnd_client.AsyncAttndClient("127.0.0.1:7100", stubs_dir=...) as aclient:
+        out, lse = await aclient.forward(q, k, v, causal=True)   # grpc.aio, same arguments
+
+Torch tensors and autograd: attnd_torch.py (RemoteAttention, remote_scaled_dot_product_attention).
 
 Nothing here is generated into the source tree: generate_stubs() runs grpc_tools.protoc on
 proto/attnd/v1/attention.proto into a directory the caller names (a build directory) and imports
@@ -13,7 +18,16 @@ Layouts are the wire protocol's (proto/attnd/v1/attention.proto): dense q [batch
 heads_q, head_dim], k/v [batch, seqlen_k, heads_kv, head_dim]; packed q [total_q, heads_q,
 head_dim] with cu_seqlens_q/cu_seqlens_k. Arrays are sent as given (float32 -> FP32, float16 ->
 FP16); dtype="bf16" rounds float arrays to bfloat16 (nearest even), and a uint16 array with
-dtype="bf16" is taken as raw bfloat16 bits. Responses come back as float32 arrays.
+dtype="bf16" is taken as raw bfloat16 bits.
+
+Copies: a request costs the one copy protobuf needs (array -> bytes field; none more when the
+array is already contiguous little-endian in the wire dtype). Responses come back as float32
+arrays; with raw=True they come back in the wire dtype (bf16 as uint16 bits) as read-only
+np.frombuffer views of the response's bytes: no copy at all.
+
+Options mirror the C++ client's ClientOptions (client/attnd/client.h): target, default_timeout
+(per-call deadline, None for none), connect_timeout (0: connect lazily), max_send/receive message
+bytes (-1: unlimited), keepalive, wait_for_ready, and further grpc.* channel arguments.
 """
 
 import importlib
@@ -68,20 +82,106 @@ def bf16_bits_to_float32(bits):
     return (np.ascontiguousarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
-class AttndClient:
-    """One channel to an attnd daemon. Thread-safe as grpc channels and stubs are."""
+def channel_options(max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
+                    keepalive_timeout=20.0, extra=()):
+    """grpc channel arguments for ClientOptions-like settings (seconds; None/0 disables keepalive)."""
+    # gRPC's default receive limit is 4 MiB: far too small for attention tensors.
+    options = [("grpc.max_send_message_length", int(max_send_message_bytes)),
+               ("grpc.max_receive_message_length", int(max_receive_message_bytes))]
+    if keepalive_time:
+        options += [("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
+                    ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000))]
+    return options + list(extra)
+
+
+class _Messages:
+    """Builds request messages from arrays and reads response tensors; shared by both clients."""
 
     _NUMPY_DTYPES = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}
+    _WIRE_NUMPY = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
 
-    def __init__(self, target, stubs_dir, proto_root=DEFAULT_PROTO_ROOT, timeout=60.0, connect_timeout=10.0):
-        self.pb2, pb2_grpc = load_stubs(stubs_dir, proto_root)
-        self.timeout = timeout
-        # gRPC's default receive limit is 4 MiB: far too small for attention tensors.
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.insecure_channel(target, options=options)
-        grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
+    def _init_messages(self, pb2):
+        self.pb2 = pb2
+        self._wire = {"bf16": pb2.DTYPE_BF16, "fp16": pb2.DTYPE_FP16, "fp32": pb2.DTYPE_FP32}
+        self._wire_name = {v: k for k, v in self._wire.items()}
+
+    def tensor(self, array, dtype=None):
+        """A Tensor message from a numpy array; dtype "bf16"/"fp16"/"fp32" or None (from the array)."""
+        array = np.asarray(array)
+        if dtype is None:
+            dtype = self._NUMPY_DTYPES.get(array.dtype)
+            if dtype is None:
+                raise ValueError("cannot send a %s array without dtype=" % array.dtype)
+        if dtype not in self._WIRE_NUMPY:
+            raise ValueError("dtype %r is not one of bf16, fp16, fp32" % (dtype,))
+        if dtype == "bf16" and array.dtype not in (np.uint16, np.int16):
+            array = float32_to_bf16_bits(array)
+        # No copy when the array already is contiguous in the wire dtype; then one into the message.
+        if dtype == "bf16":
+            data = np.ascontiguousarray(array).view("<u2")  # int16 (torch's bf16 bits) reads the same
+        else:
+            data = np.ascontiguousarray(array, dtype=self._WIRE_NUMPY[dtype])
+        return self.pb2.Tensor(dtype=self._wire[dtype], shape=list(array.shape), data=data.tobytes())
+
+    def to_numpy(self, tensor, raw=False):
+        """A response Tensor as an array of its shape: float32, or (raw) its wire dtype without a copy
+        (bf16 as uint16 bits). Raw arrays are read-only views of the message's bytes."""
+        name = self._wire_name.get(tensor.dtype)
+        if name is None:
+            raise ValueError("response tensor has dtype %d" % tensor.dtype)
+        values = np.frombuffer(tensor.data, dtype=self._WIRE_NUMPY[name]).reshape(tuple(tensor.shape))
+        if raw or name == "fp32":
+            return values
+        return bf16_bits_to_float32(values) if name == "bf16" else values.astype(np.float32)
+
+    def params(self, causal=False, scale=0.0, cu_seqlens_q=None, cu_seqlens_k=None, deterministic=False):
+        p = self.pb2.AttentionParams(causal=causal, softmax_scale=scale or 0.0, deterministic=deterministic)
+        if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+            raise ValueError("cu_seqlens_q and cu_seqlens_k go together")
+        if cu_seqlens_q is not None:
+            p.cu_seqlens_q.extend(int(x) for x in cu_seqlens_q)
+            p.cu_seqlens_k.extend(int(x) for x in cu_seqlens_k)
+        return p
+
+    def forward_request(self, q, k, v, causal=False, scale=0.0, dtype=None, cu_seqlens_q=None, cu_seqlens_k=None):
+        return self.pb2.ForwardRequest(
+            q=self.tensor(q, dtype), k=self.tensor(k, dtype), v=self.tensor(v, dtype),
+            params=self.params(causal, scale, cu_seqlens_q, cu_seqlens_k))
+
+    def backward_request(self, q, k, v, out, lse, grad_out, causal=False, scale=0.0, dtype=None, cu_seqlens_q=None,
+                         cu_seqlens_k=None, deterministic=False):
+        return self.pb2.BackwardRequest(
+            q=self.tensor(q, dtype), k=self.tensor(k, dtype), v=self.tensor(v, dtype),
+            out=self.tensor(out, dtype), lse=self.tensor(np.asarray(lse, dtype=np.float32), "fp32"),
+            grad_out=self.tensor(grad_out, dtype),
+            params=self.params(causal, scale, cu_seqlens_q, cu_seqlens_k, deterministic))
+
+    def _timeout(self, timeout):
+        return self.default_timeout if timeout is None else timeout
+
+
+class AttndClient(_Messages):
+    """One channel to an attnd daemon (blocking calls). Thread-safe as grpc channels and stubs are."""
+
+    def __init__(self, target, stubs_dir, proto_root=DEFAULT_PROTO_ROOT, timeout=60.0, connect_timeout=10.0,
+                 max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
+                 keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None):
+        pb2, pb2_grpc = load_stubs(stubs_dir, proto_root)
+        self._init_messages(pb2)
+        self.target = target
+        self.default_timeout = timeout
+        self.wait_for_ready = wait_for_ready
+        options = channel_options(max_send_message_bytes, max_receive_message_bytes, keepalive_time,
+                                  keepalive_timeout, channel_args)
+        self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials
+                        else grpc.insecure_channel(target, options=options))
+        if connect_timeout:
+            try:
+                grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
+            except grpc.FutureTimeoutError:
+                self.channel.close()
+                raise ConnectionError("attnd at %s not reachable within %g s" % (target, connect_timeout))
         self.stub = pb2_grpc.AttentionStub(self.channel)
-        self._wire = {"bf16": self.pb2.DTYPE_BF16, "fp16": self.pb2.DTYPE_FP16, "fp32": self.pb2.DTYPE_FP32}
 
     def close(self):
         self.channel.close()
@@ -92,67 +192,80 @@ class AttndClient:
     def __exit__(self, *exc):
         self.close()
 
-    # Tensors -------------------------------------------------------------------------------------
-
-    def tensor(self, array, dtype=None):
-        """A Tensor message from a numpy array; dtype "bf16"/"fp16"/"fp32" or None (from the array)."""
-        array = np.asarray(array)
-        if dtype is None:
-            dtype = self._NUMPY_DTYPES.get(array.dtype)
-            if dtype is None:
-                raise ValueError("cannot send a %s array without dtype=" % array.dtype)
-        if dtype == "bf16":
-            data = array if array.dtype == np.uint16 else float32_to_bf16_bits(array)
-            payload = np.ascontiguousarray(data, dtype="<u2").tobytes()
-        elif dtype == "fp16":
-            payload = np.ascontiguousarray(array, dtype="<f2").tobytes()
-        elif dtype == "fp32":
-            payload = np.ascontiguousarray(array, dtype="<f4").tobytes()
-        else:
-            raise ValueError("dtype %r is not one of bf16, fp16, fp32" % (dtype,))
-        return self.pb2.Tensor(dtype=self._wire[dtype], shape=list(array.shape), data=payload)
-
-    def to_numpy(self, tensor):
-        """A response Tensor as a float32 array of its shape."""
-        shape = tuple(tensor.shape)
-        if tensor.dtype == self.pb2.DTYPE_FP32:
-            values = np.frombuffer(tensor.data, dtype="<f4")
-        elif tensor.dtype == self.pb2.DTYPE_FP16:
-            values = np.frombuffer(tensor.data, dtype="<f2").astype(np.float32)
-        elif tensor.dtype == self.pb2.DTYPE_BF16:
-            values = bf16_bits_to_float32(np.frombuffer(tensor.data, dtype="<u2"))
-        else:
-            raise ValueError("response tensor has dtype %d" % tensor.dtype)
-        return values.reshape(shape).astype(np.float32, copy=False)
-
-    def params(self, causal=False, scale=0.0, cu_seqlens_q=None, cu_seqlens_k=None, deterministic=False):
-        p = self.pb2.AttentionParams(causal=causal, softmax_scale=scale, deterministic=deterministic)
-        if cu_seqlens_q is not None:
-            p.cu_seqlens_q.extend(int(x) for x in cu_seqlens_q)
-            p.cu_seqlens_k.extend(int(x) for x in cu_seqlens_k)
-        return p
-
-    # Calls ---------------------------------------------------------------------------------------
-
     def forward(self, q, k, v, causal=False, scale=0.0, dtype=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                timeout=None):
-        """Returns (out, lse) as float32 arrays. scale 0: the daemon uses 1/sqrt(head_dim)."""
-        request = self.pb2.ForwardRequest(
-            q=self.tensor(q, dtype), k=self.tensor(k, dtype), v=self.tensor(v, dtype),
-            params=self.params(causal, scale, cu_seqlens_q, cu_seqlens_k))
-        response = self.stub.Forward(request, timeout=timeout or self.timeout)
-        return self.to_numpy(response.out), self.to_numpy(response.lse)
+                timeout=None, raw=False):
+        """Returns (out, lse): float32 arrays (raw: out in the wire dtype, zero-copy). scale 0: 1/sqrt(head_dim)."""
+        request = self.forward_request(q, k, v, causal, scale, dtype, cu_seqlens_q, cu_seqlens_k)
+        response = self.stub.Forward(request, timeout=self._timeout(timeout), wait_for_ready=self.wait_for_ready)
+        return self.to_numpy(response.out, raw), self.to_numpy(response.lse)
 
     def backward(self, q, k, v, out, lse, grad_out, causal=False, scale=0.0, dtype=None, cu_seqlens_q=None,
-                 cu_seqlens_k=None, deterministic=False, timeout=None):
-        """Returns (grad_q, grad_k, grad_v) as float32 arrays."""
-        request = self.pb2.BackwardRequest(
-            q=self.tensor(q, dtype), k=self.tensor(k, dtype), v=self.tensor(v, dtype),
-            out=self.tensor(out, dtype), lse=self.tensor(np.asarray(lse, dtype=np.float32), "fp32"),
-            grad_out=self.tensor(grad_out, dtype),
-            params=self.params(causal, scale, cu_seqlens_q, cu_seqlens_k, deterministic))
-        response = self.stub.Backward(request, timeout=timeout or self.timeout)
-        return tuple(self.to_numpy(t) for t in (response.grad_q, response.grad_k, response.grad_v))
+                 cu_seqlens_k=None, deterministic=False, timeout=None, raw=False):
+        """Returns (grad_q, grad_k, grad_v): float32 arrays (raw: the wire dtype, zero-copy)."""
+        request = self.backward_request(q, k, v, out, lse, grad_out, causal, scale, dtype, cu_seqlens_q,
+                                        cu_seqlens_k, deterministic)
+        response = self.stub.Backward(request, timeout=self._timeout(timeout), wait_for_ready=self.wait_for_ready)
+        return tuple(self.to_numpy(t, raw) for t in (response.grad_q, response.grad_k, response.grad_v))
 
     def server_info(self, timeout=None):
-        return self.stub.GetServerInfo(self.pb2.GetServerInfoRequest(), timeout=timeout or self.timeout)
+        return self.stub.GetServerInfo(self.pb2.GetServerInfoRequest(), timeout=self._timeout(timeout))
+
+
+class AsyncAttndClient(_Messages):
+    """The same calls on grpc.aio, for asyncio programs: `await client.forward(...)`.
+
+    Create it inside the running event loop (grpc.aio channels belong to one loop); `await
+    client.wait_ready()` connects up front (the constructor cannot await), close with `await
+    client.close()` or use `async with`.
+    """
+
+    def __init__(self, target, stubs_dir, proto_root=DEFAULT_PROTO_ROOT, timeout=60.0, connect_timeout=10.0,
+                 max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
+                 keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None):
+        pb2, pb2_grpc = load_stubs(stubs_dir, proto_root)
+        self._init_messages(pb2)
+        self.target = target
+        self.default_timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.wait_for_ready = wait_for_ready
+        options = channel_options(max_send_message_bytes, max_receive_message_bytes, keepalive_time,
+                                  keepalive_timeout, channel_args)
+        self.channel = (grpc.aio.secure_channel(target, credentials, options=options) if credentials
+                        else grpc.aio.insecure_channel(target, options=options))
+        self.stub = pb2_grpc.AttentionStub(self.channel)
+
+    async def wait_ready(self, timeout=None):
+        import asyncio
+        timeout = self.connect_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            raise ConnectionError("attnd at %s not reachable within %g s" % (self.target, timeout))
+
+    async def close(self):
+        await self.channel.close()
+
+    async def __aenter__(self):
+        if self.connect_timeout:
+            await self.wait_ready()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def forward(self, q, k, v, causal=False, scale=0.0, dtype=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                      timeout=None, raw=False):
+        request = self.forward_request(q, k, v, causal, scale, dtype, cu_seqlens_q, cu_seqlens_k)
+        response = await self.stub.Forward(request, timeout=self._timeout(timeout), wait_for_ready=self.wait_for_ready)
+        return self.to_numpy(response.out, raw), self.to_numpy(response.lse)
+
+    async def backward(self, q, k, v, out, lse, grad_out, causal=False, scale=0.0, dtype=None, cu_seqlens_q=None,
+                       cu_seqlens_k=None, deterministic=False, timeout=None, raw=False):
+        request = self.backward_request(q, k, v, out, lse, grad_out, causal, scale, dtype, cu_seqlens_q,
+                                        cu_seqlens_k, deterministic)
+        response = await self.stub.Backward(request, timeout=self._timeout(timeout),
+                                            wait_for_ready=self.wait_for_ready)
+        return tuple(self.to_numpy(t, raw) for t in (response.grad_q, response.grad_k, response.grad_v))
+
+    async def server_info(self, timeout=None):
+        return await self.stub.GetServerInfo(self.pb2.GetServerInfoRequest(), timeout=self._timeout(timeout))

@@ -257,8 +257,10 @@ void SetContiguousStrides(FlashBwdParams& p) {
   p.k_row_stride = p.v_row_stride = p.grad_k_row_stride = p.grad_v_row_stride = kv_row;
 }
 
-cudaError_t FlashBwdCheck(const FlashBwdParams& p) {
-  using bwd::Aligned16;
+namespace bwd {
+namespace {
+// The sizes and strides the plan and the kernels rely on (no pointers).
+cudaError_t CheckShape(const FlashBwdParams& p) {
   const bool dim_ok = p.head_dim == 32 || p.head_dim == 64 || p.head_dim == 96 || p.head_dim == 128 || p.head_dim == 256;
   if (!dim_ok || p.batch < 0 || p.heads_q <= 0 || p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0) return cudaErrorInvalidValue;
   if (p.max_seqlen_q < 0 || p.max_seqlen_k < 0 || p.total_q < 0 || p.total_k < 0) return cudaErrorInvalidValue;
@@ -271,6 +273,15 @@ cudaError_t FlashBwdCheck(const FlashBwdParams& p) {
                     p.grad_out_head_stride, p.grad_q_row_stride, p.grad_q_head_stride, p.grad_k_row_stride,
                     p.grad_k_head_stride, p.grad_v_row_stride, p.grad_v_head_stride})
     if (s % vec != 0) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+}  // namespace
+}  // namespace bwd
+
+cudaError_t FlashBwdCheck(const FlashBwdParams& p) {
+  using bwd::Aligned16;
+  const cudaError_t err = bwd::CheckShape(p);
+  if (err != cudaSuccess) return err;
   if (p.batch > 0) {
     if (p.cu_seqlens_q == nullptr || p.cu_seqlens_k == nullptr) return cudaErrorInvalidValue;
     if (p.total_q > 0 && (!Aligned16(p.q) || !Aligned16(p.out) || !Aligned16(p.grad_out) ||
@@ -283,7 +294,7 @@ cudaError_t FlashBwdCheck(const FlashBwdParams& p) {
 }
 
 size_t FlashBwdWorkspaceBytes(const FlashBwdParams& p) {
-  if (FlashBwdCheck(p) != cudaSuccess) return 0;
+  if (bwd::CheckShape(p) != cudaSuccess) return 0;
   return bwd::MakePlan(p, bwd::MultiprocessorCount()).bytes;
 }
 

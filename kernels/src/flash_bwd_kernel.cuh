@@ -120,6 +120,45 @@ __device__ __forceinline__ void warp_gemm_rows(float (&acc)[kMi][kNi][4], uint32
   }
 }
 
+// Both S = Q K^T and dP = dO V^T in one k-loop: two independent accumulator sets, so that the
+// tensor pipe always has an mma whose operands are ready.
+template <typename T, typename Tile, int kMi, int kNi>
+__device__ __forceinline__ void warp_gemm_rows2(float (&acc)[kMi][kNi][4], float (&acc2)[kMi][kNi][4], uint32_t s_a,
+                                                uint32_t s_a2, uint32_t s_b, uint32_t s_b2, uint32_t off_a,
+                                                uint32_t off_b) {
+  constexpr int kRowD = Tile::RowsD::kRowBytes;
+#pragma unroll
+  for (int i = 0; i < kMi; ++i)
+#pragma unroll
+    for (int j = 0; j < kNi; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = acc2[i][j][e] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < Tile::kHeadDim / 16; ++ks) {
+    uint32_t a[kMi][4], a2[kMi][4];
+#pragma unroll
+    for (int mi = 0; mi < kMi; ++mi) {
+      ldmatrix_x4(a[mi], s_a + chunk_step(off_a, 2 * ks) + mi * 16 * kRowD);
+      ldmatrix_x4(a2[mi], s_a2 + chunk_step(off_a, 2 * ks) + mi * 16 * kRowD);
+    }
+#pragma unroll
+    for (int nb = 0; nb < kNi / 2; ++nb) {
+      uint32_t bf[4], bf2[4];
+      ldmatrix_x4(bf, s_b + chunk_step(off_b, 2 * ks) + nb * 16 * kRowD);
+      ldmatrix_x4(bf2, s_b2 + chunk_step(off_b, 2 * ks) + nb * 16 * kRowD);
+      const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
+      const uint32_t c0[2] = {bf2[0], bf2[1]}, c1[2] = {bf2[2], bf2[3]};
+#pragma unroll
+      for (int mi = 0; mi < kMi; ++mi) {
+        mma_m16n8k16<T>(acc[mi][2 * nb], a[mi], b0);
+        mma_m16n8k16<T>(acc[mi][2 * nb + 1], a[mi], b1);
+        mma_m16n8k16<T>(acc2[mi][2 * nb], a2[mi], c0);
+        mma_m16n8k16<T>(acc2[mi][2 * nb + 1], a2[mi], c1);
+      }
+    }
+  }
+}
+
 template <typename T, typename Tile>
 __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kHeadDim = Tile::kHeadDim;
@@ -240,146 +279,190 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
       const uint32_t s_q = s_base + Tile::kOffQ + stage * Tile::kQBytes;
       const uint32_t s_do = s_base + Tile::kOffDo + stage * Tile::kQBytes;
 
-      // ---- S = Q K^T (FP32 accumulators, this warp's kTileMS x kTileNS) ----
-      float acc_s[kMiS][kNiS][4];
-      warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_s, s_q, s_k, off_s_a, off_s_b);
-
-      // ---- P = exp2(S c log2e - lse log2e), rounded to 16 bits and stored to shared memory ----
-      // Only tiles that cross the causal diagonal or the end of the keys need the mask. The
-      // rounded P (what dV = P^T dO uses too) stays in registers for dS: half the registers of
-      // the FP32 scores while dP is computed.
       const bool need_mask = (n0 + kBlockN > seqlen_k) || (args.causal && n0 + kBlockN - 1 > m0 + diag);
-      uint32_t p16[kMiS][kNiS][2];
+      if constexpr (Tile::kFusedSdP) {
+        // ---- S = Q K^T and dP = dO V^T in one k-loop, then P and dS in FP32 ----
+        float acc_s[kMiS][kNiS][4], acc_dp[kMiS][kNiS][4];
+        warp_gemm_rows2<T, Tile, kMiS, kNiS>(acc_s, acc_dp, s_q, s_do, s_k, s_v, off_s_a, off_s_b);
 #pragma unroll
-      for (int mi = 0; mi < kMiS; ++mi) {
+        for (int mi = 0; mi < kMiS; ++mi) {
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;  // row within the tile
-          const float lse = s_lse[stage * kBlockM + r];
-          // Last visible key of this row, relative to this lane's first column.
-          int last = seqlen_k - 1;
-          if (args.causal) last = min(last, m0 + r + diag);
-          last -= n0 + wn_s * Tile::kTileNS + 2 * t;
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;
+            const float lse = s_lse[stage * kBlockM + r];
+            const float dsum = s_dsum[stage * kBlockM + r];
+            int last = seqlen_k - 1;
+            if (args.causal) last = min(last, m0 + r + diag);
+            last -= n0 + wn_s * Tile::kTileNS + 2 * t;
 #pragma unroll
-          for (int ni = 0; ni < kNiS; ++ni) {
-            float p0 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh], scale_log2, -lse));
-            float p1 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh + 1], scale_log2, -lse));
-            if (need_mask) {
-              if (ni * 8 > last) p0 = 0.f;
-              if (ni * 8 + 1 > last) p1 = 0.f;
+            for (int ni = 0; ni < kNiS; ++ni) {
+              float p0 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh], scale_log2, -lse));
+              float p1 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh + 1], scale_log2, -lse));
+              if (need_mask) {
+                if (ni * 8 > last) p0 = 0.f;
+                if (ni * 8 + 1 > last) p1 = 0.f;
+              }
+              const float ds0 = p0 * fmaf(acc_dp[mi][ni][2 * hh], ds_alpha, -dsum);
+              const float ds1 = p1 * fmaf(acc_dp[mi][ni][2 * hh + 1], ds_alpha, -dsum);
+              const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
+              *reinterpret_cast<uint32_t*>(smem + Tile::kOffP + off) = pack2<T>(p0, p1);
+              *reinterpret_cast<uint32_t*>(smem + Tile::kOffDs + off) = pack2<T>(ds0, ds1);
             }
-            p16[mi][ni][hh] = pack2<T>(p0, p1);
-            const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
-            *reinterpret_cast<uint32_t*>(smem + Tile::kOffP + off) = p16[mi][ni][hh];
           }
         }
-      }
+      } else {
+        // ---- S = Q K^T (FP32 accumulators, this warp's kTileMS x kTileNS) ----
+        float acc_s[kMiS][kNiS][4];
+        warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_s, s_q, s_k, off_s_a, off_s_b);
 
-      // ---- dP = dO V^T, then dS = P o (dP - D) -> shared memory (16 bit) ----
-      float acc_dp[kMiS][kNiS][4];
-      warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_dp, s_do, s_v, off_s_a, off_s_b);
+        // ---- P = exp2(S c log2e - lse log2e), rounded to 16 bits and stored to shared memory ----
+        // Only tiles that cross the causal diagonal or the end of the keys need the mask. The
+        // rounded P (what dV = P^T dO uses too) stays in registers for dS: half the registers of
+        // the FP32 scores while dP is computed.
+        uint32_t p16[kMiS][kNiS][2];
 #pragma unroll
-      for (int mi = 0; mi < kMiS; ++mi) {
+        for (int mi = 0; mi < kMiS; ++mi) {
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;
-          const float dsum = s_dsum[stage * kBlockM + r];
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;  // row within the tile
+            const float lse = s_lse[stage * kBlockM + r];
+            // Last visible key of this row, relative to this lane's first column.
+            int last = seqlen_k - 1;
+            if (args.causal) last = min(last, m0 + r + diag);
+            last -= n0 + wn_s * Tile::kTileNS + 2 * t;
 #pragma unroll
-          for (int ni = 0; ni < kNiS; ++ni) {
-            const float2 p = unpack2<T>(p16[mi][ni][hh]);
-            const float ds0 = p.x * fmaf(acc_dp[mi][ni][2 * hh], ds_alpha, -dsum);
-            const float ds1 = p.y * fmaf(acc_dp[mi][ni][2 * hh + 1], ds_alpha, -dsum);
-            const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
-            *reinterpret_cast<uint32_t*>(smem + Tile::kOffDs + off) = pack2<T>(ds0, ds1);
+            for (int ni = 0; ni < kNiS; ++ni) {
+              float p0 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh], scale_log2, -lse));
+              float p1 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh + 1], scale_log2, -lse));
+              if (need_mask) {
+                if (ni * 8 > last) p0 = 0.f;
+                if (ni * 8 + 1 > last) p1 = 0.f;
+              }
+              p16[mi][ni][hh] = pack2<T>(p0, p1);
+              const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
+              *reinterpret_cast<uint32_t*>(smem + Tile::kOffP + off) = p16[mi][ni][hh];
+            }
+          }
+        }
+
+        // ---- dP = dO V^T, then dS = P o (dP - D) -> shared memory (16 bit) ----
+        float acc_dp[kMiS][kNiS][4];
+        warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_dp, s_do, s_v, off_s_a, off_s_b);
+#pragma unroll
+        for (int mi = 0; mi < kMiS; ++mi) {
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;
+            const float dsum = s_dsum[stage * kBlockM + r];
+#pragma unroll
+            for (int ni = 0; ni < kNiS; ++ni) {
+              const float2 p = unpack2<T>(p16[mi][ni][hh]);
+              const float ds0 = p.x * fmaf(acc_dp[mi][ni][2 * hh], ds_alpha, -dsum);
+              const float ds1 = p.y * fmaf(acc_dp[mi][ni][2 * hh + 1], ds_alpha, -dsum);
+              const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
+              *reinterpret_cast<uint32_t*>(smem + Tile::kOffDs + off) = pack2<T>(ds0, ds1);
+            }
           }
         }
       }
       __syncthreads();
 
-      // ---- dV += P^T dO, dK += dS^T Q (k = the tile's query rows) ----
+      auto update_dkv = [&]() {
+        // ---- dV += P^T dO, dK += dS^T Q (k = the tile's query rows) ----
 #pragma unroll
-      for (int ks = 0; ks < kBlockM / 16; ++ks) {
-        uint32_t a_p[kMiKV][4], a_ds[kMiKV][4];
-#pragma unroll
-        for (int mi = 0; mi < kMiKV; ++mi) {
-          const uint32_t off = chunk_step(off_kv_a, 2 * Tile::kWarpsNKV * mi) + ks * 16 * kRowN;
-          ldmatrix_x4_trans(a_p[mi], s_p + off);
-          ldmatrix_x4_trans(a_ds[mi], s_ds + off);
-        }
-#pragma unroll
-        for (int nj = 0; nj < kNjKV; ++nj) {
-          uint32_t b_do[4], b_q[4];
-          const uint32_t off = chunk_step(off_kv_b, 2 * Tile::kWarpsDKV * nj) + ks * 16 * kRowD;
-          ldmatrix_x4_trans(b_do, s_do + off);
-          ldmatrix_x4_trans(b_q, s_q + off);
-          const uint32_t bdo0[2] = {b_do[0], b_do[1]}, bdo1[2] = {b_do[2], b_do[3]};
-          const uint32_t bq0[2] = {b_q[0], b_q[1]}, bq1[2] = {b_q[2], b_q[3]};
+        for (int ks = 0; ks < kBlockM / 16; ++ks) {
+          uint32_t a_p[kMiKV][4], a_ds[kMiKV][4];
 #pragma unroll
           for (int mi = 0; mi < kMiKV; ++mi) {
-            mma_m16n8k16<T>(acc_dv[mi][2 * nj], a_p[mi], bdo0);
-            mma_m16n8k16<T>(acc_dv[mi][2 * nj + 1], a_p[mi], bdo1);
-            mma_m16n8k16<T>(acc_dk[mi][2 * nj], a_ds[mi], bq0);
-            mma_m16n8k16<T>(acc_dk[mi][2 * nj + 1], a_ds[mi], bq1);
+            const uint32_t off = chunk_step(off_kv_a, 2 * Tile::kWarpsNKV * mi) + ks * 16 * kRowN;
+            ldmatrix_x4_trans(a_p[mi], s_p + off);
+            ldmatrix_x4_trans(a_ds[mi], s_ds + off);
           }
-        }
-      }
-
-      // ---- dQ = dS K (k = the block's keys), into the FP32 workspace ----
-      // In kDqPasses passes over column blocks (d = 256: the whole dQ tile would not fit the
-      // registers next to dK and dV).
-      float* dq_tile = dq_accum + (q_start + m0) * dq_row_stride + h * kHeadDim;
 #pragma unroll
-      for (int pass = 0; pass < Tile::kDqPasses; ++pass) {
-        constexpr int kNj = kNjQ / Tile::kDqPasses;
-        float acc_dq[kMiQ][2 * kNj][4];
+          for (int nj = 0; nj < kNjKV; ++nj) {
+            uint32_t b_do[4], b_q[4];
+            const uint32_t off = chunk_step(off_kv_b, 2 * Tile::kWarpsDKV * nj) + ks * 16 * kRowD;
+            ldmatrix_x4_trans(b_do, s_do + off);
+            ldmatrix_x4_trans(b_q, s_q + off);
+            const uint32_t bdo0[2] = {b_do[0], b_do[1]}, bdo1[2] = {b_do[2], b_do[3]};
+            const uint32_t bq0[2] = {b_q[0], b_q[1]}, bq1[2] = {b_q[2], b_q[3]};
 #pragma unroll
-        for (int i = 0; i < kMiQ; ++i)
-#pragma unroll
-          for (int j = 0; j < 2 * kNj; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_dq[i][j][e] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < kBlockN / 16; ++ks) {
-          uint32_t a_ds[kMiQ][4];
-#pragma unroll
-          for (int mi = 0; mi < kMiQ; ++mi) ldmatrix_x4(a_ds[mi], s_ds + chunk_step(off_q_a, 2 * ks) + mi * 16 * kRowN);
-#pragma unroll
-          for (int nj = 0; nj < kNj; ++nj) {
-            uint32_t b_k[4];
-            const int c = 2 * Tile::kWarpsDQ * (pass * kNj + nj);
-            ldmatrix_x4_trans(b_k, s_k + chunk_step(off_q_b, c) + ks * 16 * kRowD);
-            const uint32_t bk0[2] = {b_k[0], b_k[1]}, bk1[2] = {b_k[2], b_k[3]};
-#pragma unroll
-            for (int mi = 0; mi < kMiQ; ++mi) {
-              mma_m16n8k16<T>(acc_dq[mi][2 * nj], a_ds[mi], bk0);
-              mma_m16n8k16<T>(acc_dq[mi][2 * nj + 1], a_ds[mi], bk1);
+            for (int mi = 0; mi < kMiKV; ++mi) {
+              mma_m16n8k16<T>(acc_dv[mi][2 * nj], a_p[mi], bdo0);
+              mma_m16n8k16<T>(acc_dv[mi][2 * nj + 1], a_p[mi], bdo1);
+              mma_m16n8k16<T>(acc_dk[mi][2 * nj], a_ds[mi], bq0);
+              mma_m16n8k16<T>(acc_dk[mi][2 * nj + 1], a_ds[mi], bq1);
             }
           }
         }
+      };
+      auto update_dq = [&]() {
+        // ---- dQ = dS K (k = the block's keys), into the FP32 workspace ----
+        // In kDqPasses passes over column blocks (d = 256: the whole dQ tile would not fit the
+        // registers next to dK and dV).
+        float* dq_tile = dq_accum + (q_start + m0) * dq_row_stride + h * kHeadDim;
 #pragma unroll
-        for (int mi = 0; mi < kMiQ; ++mi) {
+        for (int pass = 0; pass < Tile::kDqPasses; ++pass) {
+          constexpr int kNj = kNjQ / Tile::kDqPasses;
+          float acc_dq[kMiQ][2 * kNj][4];
 #pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int r = wm_q * Tile::kTileMQ + mi * 16 + hh * 8 + g;
-            if (r >= seqlen_q - m0) continue;
-            float* dq_row = dq_tile + r * dq_row_stride + 2 * t;
+          for (int i = 0; i < kMiQ; ++i)
+#pragma unroll
+            for (int j = 0; j < 2 * kNj; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc_dq[i][j][e] = 0.f;
+#pragma unroll
+          for (int ks = 0; ks < kBlockN / 16; ++ks) {
+            uint32_t a_ds[kMiQ][4];
+#pragma unroll
+            for (int mi = 0; mi < kMiQ; ++mi) ldmatrix_x4(a_ds[mi], s_ds + chunk_step(off_q_a, 2 * ks) + mi * 16 * kRowN);
 #pragma unroll
             for (int nj = 0; nj < kNj; ++nj) {
+              uint32_t b_k[4];
+              const int c = 2 * Tile::kWarpsDQ * (pass * kNj + nj);
+              ldmatrix_x4_trans(b_k, s_k + chunk_step(off_q_b, c) + ks * 16 * kRowD);
+              const uint32_t bk0[2] = {b_k[0], b_k[1]}, bk1[2] = {b_k[2], b_k[3]};
 #pragma unroll
-              for (int s = 0; s < 2; ++s) {
-                float* p = dq_row + 16 * (wd_q + Tile::kWarpsDQ * (pass * kNj + nj)) + 8 * s;
-                const float x0 = acc_dq[mi][2 * nj + s][2 * hh], x1 = acc_dq[mi][2 * nj + s][2 * hh + 1];
-                if (args.deterministic) {
-                  // This CTA's own slice, always touched by this same thread: plain read-modify-write.
-                  const float2 old = *reinterpret_cast<const float2*>(p);
-                  *reinterpret_cast<float2*>(p) = make_float2(old.x + x0, old.y + x1);
-                } else {
-                  red_add_f32x2(p, x0, x1);
+              for (int mi = 0; mi < kMiQ; ++mi) {
+                mma_m16n8k16<T>(acc_dq[mi][2 * nj], a_ds[mi], bk0);
+                mma_m16n8k16<T>(acc_dq[mi][2 * nj + 1], a_ds[mi], bk1);
+              }
+            }
+          }
+#pragma unroll
+          for (int mi = 0; mi < kMiQ; ++mi) {
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int r = wm_q * Tile::kTileMQ + mi * 16 + hh * 8 + g;
+              if (r >= seqlen_q - m0) continue;
+              float* dq_row = dq_tile + r * dq_row_stride + 2 * t;
+#pragma unroll
+              for (int nj = 0; nj < kNj; ++nj) {
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+                  float* p = dq_row + 16 * (wd_q + Tile::kWarpsDQ * (pass * kNj + nj)) + 8 * s;
+                  const float x0 = acc_dq[mi][2 * nj + s][2 * hh], x1 = acc_dq[mi][2 * nj + s][2 * hh + 1];
+                  if (args.deterministic) {
+                    // This CTA's own slice, always touched by this same thread: plain read-modify-write.
+                    const float2 old = *reinterpret_cast<const float2*>(p);
+                    *reinterpret_cast<float2*>(p) = make_float2(old.x + x0, old.y + x1);
+                  } else {
+                    red_add_f32x2(p, x0, x1);
+                  }
                 }
               }
             }
           }
         }
+      };
+      // Default order dV/dK then dQ; kDqFirst issues the dQ reductions early so that they drain
+      // while dV/dK are computed.
+      if constexpr (Tile::kDqFirst) {
+        update_dq();
+        update_dkv();
+      } else {
+        update_dkv();
+        update_dq();
       }
     }
     cp_async_wait<0>();  // nothing in flight when the block ends (items == 0 leaves K, V pending)

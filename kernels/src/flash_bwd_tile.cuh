@@ -24,7 +24,12 @@
 
 namespace attnd::kernels::bwd {
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarpsMS_, int kWarpsNKV_, int kWarpsMQ_, int kDqPasses_ = 1>
+// Schedule options of the tile loop (kSchedule bits).
+inline constexpr int kScheduleFusedSdP = 1;  // S and dP in one k-loop (more ILP, more registers)
+inline constexpr int kScheduleDqFirst = 2;   // dQ before dV/dK (its reductions drain under dV/dK)
+
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarpsMS_, int kWarpsNKV_, int kWarpsMQ_, int kDqPasses_ = 1,
+          int kSchedule_ = 0>
 struct BwdTile {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -53,6 +58,8 @@ struct BwdTile {
   static constexpr int kMiQ = kTileMQ / 16;
   static constexpr int kNjQ = kHeadDim / 16 / kWarpsDQ;
   static constexpr int kDqPasses = kDqPasses_;  // dQ computed in this many column slices
+  static constexpr bool kFusedSdP = (kSchedule_ & kScheduleFusedSdP) != 0;
+  static constexpr bool kDqFirst = (kSchedule_ & kScheduleDqFirst) != 0;
 
   // Shared memory: rows of head_dim (Q, dO, K, V) and rows of kBlockN (P, dS), both swizzled.
   using RowsD = detail::SwizzledRows<kHeadDim>;
@@ -93,5 +100,25 @@ template <> struct DefaultBwdTile<64> { using type = BwdTile<64, 64, 128, 2, 4, 
 template <> struct DefaultBwdTile<96> { using type = BwdTile<96, 64, 128, 2, 4, 4>; };
 template <> struct DefaultBwdTile<128> { using type = BwdTile<128, 64, 128, 2, 4, 2>; };
 template <> struct DefaultBwdTile<256> { using type = BwdTile<256, 64, 64, 2, 4, 2, 2>; };
+
+// Candidates the benchmark compares with the default (selected with ATTND_BWD_TILE=alt, see
+// flash_bwd_launch.cuh); equal to the default where no candidate is being tried.
+template <int kHeadDim>
+struct AltBwdTile {
+  using type = typename DefaultBwdTile<kHeadDim>::type;
+};
+// d = 64: 128 query rows per tile, as FlashAttention-2 does: half the barriers and P/dS round
+// trips per FLOP, S/dP warp tiles of 64 x 32 (0.047 instead of 0.0625 shared-memory bytes per FLOP).
+template <> struct AltBwdTile<64> { using type = BwdTile<64, 128, 128, 2, 4, 4>; };
+template <> struct AltBwdTile<128> { using type = BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleDqFirst>; };
+// A second candidate (ATTND_BWD_TILE=alt2).
+template <int kHeadDim>
+struct Alt2BwdTile {
+  using type = typename DefaultBwdTile<kHeadDim>::type;
+};
+template <> struct Alt2BwdTile<64> { using type = BwdTile<64, 128, 128, 2, 4, 4, 1, kScheduleDqFirst>; };
+template <> struct Alt2BwdTile<128> {
+  using type = BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleFusedSdP | kScheduleDqFirst>;
+};
 
 }  // namespace attnd::kernels::bwd

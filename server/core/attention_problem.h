@@ -8,6 +8,8 @@
 // Pure C++: no CUDA, no gRPC, no Abseil.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -101,6 +103,15 @@ struct AttentionOptions {
   bool deterministic = false; // backward: no floating-point atomics, identical bits run to run
 };
 
+// When a call stops being worth computing. Set by the front end; a queue in front of the backend
+// (server/engine's batcher) drops a call whose deadline passed or whose flag was raised while it
+// waited, without computing it. The defaults (no deadline, no flag) mean "always compute"; a
+// backend that computes at once may ignore both.
+struct CallControl {
+  std::chrono::system_clock::time_point deadline = std::chrono::system_clock::time_point::max();
+  const std::atomic<bool>* cancelled = nullptr;  // read only, never written; must outlive the call
+};
+
 // Host buffers of one forward call. q/k/v/out are in `dtype`; lse is always FP32.
 struct ForwardArgs {
   const AttentionShape* shape = nullptr;
@@ -111,6 +122,7 @@ struct ForwardArgs {
   const void* v = nullptr;
   void* out = nullptr;
   float* lse = nullptr;
+  CallControl control;
 };
 
 // Host buffers of one backward call. Gradients come back in `dtype`, shaped like their inputs.
@@ -127,6 +139,7 @@ struct BackwardArgs {
   void* grad_q = nullptr;
   void* grad_k = nullptr;
   void* grad_v = nullptr;
+  CallControl control;
 };
 
 }  // namespace attnd

@@ -16,7 +16,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/backends/backend_factory.h"
+#include "server/metrics/metrics_http_server.h"
 #include "server/service/attention_service.h"
+#include "server/service/service_metrics.h"
+#include "server/service/structured_log.h"
 #include "server/service/worker_pool.h"
 
 namespace attnd {
@@ -84,10 +87,27 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   limits.max_tokens_per_request = options.max_tokens_per_request;
 
   std::unique_ptr<AttentionServer> server(new AttentionServer);
+  server->registry_ = std::make_unique<metrics::MetricsRegistry>();
+  server->service_metrics_ = std::make_unique<ServiceMetrics>(server->registry_.get());
+  if (!options.access_log.empty()) {
+    absl::StatusOr<std::unique_ptr<AccessLog>> log = AccessLog::Open(options.access_log);
+    if (!log.ok()) return log.status();
+    server->access_log_ = *std::move(log);
+  }
   server->backend_ = std::move(backend);
   server->pool_ = std::make_unique<WorkerPool>(options.worker_threads, kMaxQueuedCalls);
   server->service_ = std::make_unique<AttentionService>(server->backend_.get(), server->pool_.get(), limits,
-                                                        AvailableBackends());
+                                                        AvailableBackends(), server->service_metrics_.get(),
+                                                        server->access_log_.get());
+  server->RegisterGauges();
+  if (!options.metrics_listen.empty()) {
+    // Before the gRPC port: a bad or busy metrics address fails the start before any call is taken.
+    absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> http =
+        metrics::MetricsHttpServer::Start(options.metrics_listen, server->registry_.get());
+    if (!http.ok()) return http.status();
+    server->metrics_http_ = *std::move(http);
+    server->metrics_address_ = server->metrics_http_->address();
+  }
 
   grpc::ServerBuilder builder;
   int port = 0;
@@ -114,9 +134,33 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
     absl::MutexLock lock(&server->mu_);
     server->state_ = State::kRunning;
   }
+  // This exact line is the readiness signal scripts and tests parse; everything else is logfmt.
   std::fprintf(stderr, "attnd listening on %s\n", server->address_.c_str());
   std::fflush(stderr);
+  if (server->metrics_http_ != nullptr) {
+    LogLine(LogLevel::kInfo, "metrics exporter listening")
+        .Kv("metrics_address", server->metrics_address_)
+        .Kv("path", "/metrics");
+  }
   return server;
+}
+
+void AttentionServer::RegisterGauges() {
+  WorkerPool* pool = pool_.get();
+  AttentionService* service = service_.get();
+  registry_->AddCallbackGauge("attnd_queue_depth", "Validated calls waiting for a worker.", {},
+                              [pool] { return static_cast<double>(pool->queued()); });
+  registry_->AddCallbackGauge("attnd_workers_busy", "Workers computing a call now.", {},
+                              [pool] { return static_cast<double>(pool->busy()); });
+  registry_->GetGauge("attnd_workers", "Worker threads (calls computed at once).")
+      .Set(static_cast<double>(pool->threads()));
+  registry_->GetGauge("attnd_queue_capacity", "Calls that may wait for a worker before new ones are refused.")
+      .Set(static_cast<double>(kMaxQueuedCalls));
+  registry_->AddCallbackGauge("attnd_calls_in_flight", "Calls received and not yet done (queued, computing, sending).",
+                              {}, [service] { return static_cast<double>(service->calls_in_flight()); });
+  registry_->GetGauge("attnd_build_info", "Always 1; the labels tell the version and the backend.",
+                      {{"backend", std::string(backend_->name())}, {"version", AttndVersion()}})
+      .Set(1);
 }
 
 void AttentionServer::Shutdown(absl::Duration grace) {
@@ -142,6 +186,8 @@ void AttentionServer::Shutdown(absl::Duration grace) {
   if (health != nullptr) health->Shutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
   pool_->Stop();
+  // Last: a scrape during the drain still answers, and sees the calls finish.
+  if (metrics_http_ != nullptr) metrics_http_->Stop();
   absl::MutexLock lock(&mu_);
   state_ = State::kStopped;
 }

@@ -2,7 +2,9 @@
 // tests and the client library's tests start one in-process on a free loopback port.
 //
 // Besides attnd.v1.Attention it serves the standard grpc.health.v1.Health service (SERVING while
-// it accepts calls, NOT_SERVING once it drains) and server reflection (grpcurl, grpc_cli).
+// it accepts calls, NOT_SERVING once it drains) and server reflection (grpcurl, grpc_cli). It
+// records metrics (service_metrics.h) and, with options.metrics_listen, serves them to Prometheus;
+// the exporter keeps answering while the server drains and stops last.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/backend.h"
+#include "server/metrics/metrics_registry.h"
 #include "server/service/request_validation.h"
 
 namespace grpc {
@@ -22,8 +25,13 @@ class Server;
 
 namespace attnd {
 
+class AccessLog;
 class AttentionService;
+class ServiceMetrics;
 class WorkerPool;
+namespace metrics {
+class MetricsHttpServer;
+}
 
 struct ServerOptions {
   // host:port; port 0 picks a free port (see port()/address()). "unix:/path" listens on a Unix
@@ -39,6 +47,11 @@ struct ServerOptions {
   // Requests computed at once; <= 0: hardware threads. Up to kMaxQueuedCalls more wait in a queue,
   // beyond which calls get RESOURCE_EXHAUSTED ("server busy").
   int worker_threads = 0;
+  // host:port of the Prometheus exporter (GET /metrics over HTTP); empty: none. Port 0 picks a
+  // free port (see metrics_address()). The metrics are recorded either way (metrics()).
+  std::string metrics_listen;
+  // One line per finished call: a file appended to, "-" for stderr, empty for none.
+  std::string access_log;
 };
 
 // Calls validated and waiting for a worker, beyond which new calls are refused.
@@ -54,6 +67,10 @@ class AttentionServer {
   int port() const { return port_; }
   // A dialable address: the listen host (127.0.0.1 / [::1] for a wildcard host) and the bound port.
   std::string address() const { return address_; }
+  // The exporter's dialable host:port, empty without options.metrics_listen.
+  std::string metrics_address() const { return metrics_address_; }
+  // Every series the server records; other layers may add theirs (e.g. a backend's stages).
+  metrics::MetricsRegistry& metrics() { return *registry_; }
 
   // Stops accepting new calls; in-flight calls finish until `grace` passes, then are cancelled.
   // Returns when every call has finished. Thread-safe; later calls wait for the first to finish.
@@ -67,16 +84,22 @@ class AttentionServer {
 
  private:
   AttentionServer();
+  void RegisterGauges();  // the callback gauges that read the pool and the service
 
   enum class State { kStarting, kRunning, kDraining, kStopped };
 
-  // Destroyed in reverse: the gRPC server first, the backend last.
+  // Destroyed in reverse: the exporter first, then the gRPC server, the backend, the metrics last.
+  std::unique_ptr<metrics::MetricsRegistry> registry_;
+  std::unique_ptr<ServiceMetrics> service_metrics_;
+  std::unique_ptr<AccessLog> access_log_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<AttentionService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
   int port_ = 0;
   std::string address_;
+  std::string metrics_address_;
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kStarting;

@@ -6,6 +6,7 @@
 #include <exception>
 #include <memory>
 #include <new>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -56,30 +57,83 @@ const grpc::Status kShuttingDown(grpc::StatusCode::UNAVAILABLE, "attnd is shutti
 
 }  // namespace
 
-// The reactor of one accepted Forward/Backward call. It remembers a cancellation as soon as gRPC
-// reports it (OnCancel runs on a gRPC thread), so a worker can drop a call its client has given up
-// on before computing it, and tells the service when the call is done, for draining.
+// The reactor of one call. It remembers a cancellation as soon as gRPC reports it (OnCancel runs
+// on a gRPC thread), so a worker can drop a call its client has given up on before computing it;
+// it carries what the metrics and the access log record of the call, and tells the service when
+// the call is done, for draining.
 class CallReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit CallReactor(AttentionService* service) : service_(service) {}
+  using Clock = std::chrono::steady_clock;
+
+  CallReactor(AttentionService* service, RpcMethod method, int64_t request_bytes,
+              const google::protobuf::Message* response, std::string peer)
+      : service_(service),
+        method_(method),
+        request_bytes_(request_bytes),
+        response_(response),
+        peer_(std::move(peer)),
+        start_(Clock::now()) {}
+
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
   void OnCancel() override { cancelled_.store(true, std::memory_order_release); }
+
+  // Finish() that first notes the status and the response's size (the response is the call's,
+  // gone once the call is done). gRPC orders this before OnDone.
+  void Complete(const grpc::Status& status) {
+    code_ = status.error_code();
+    if (status.ok() && response_ != nullptr) response_bytes_ = static_cast<int64_t>(response_->ByteSizeLong());
+    Finish(status);
+  }
+  void set_queue_wait(double seconds) { queue_wait_s_ = seconds; }
+  void set_compute(double seconds) { compute_s_ = seconds; }
+  static double SecondsSince(Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  }
+
   void OnDone() override {
+    total_s_ = SecondsSince(start_);
     AttentionService* service = service_;
+    service->CallDone(*this);
     delete this;
-    service->CallDone();
+    service->CallDeleted();
+  }
+
+  RpcMethod method() const { return method_; }
+  grpc::StatusCode code() const { return code_; }
+  AccessRecord Record() const {
+    AccessRecord r;
+    r.method = RpcMethodName(method_);
+    r.code = StatusCodeName(code_);
+    r.peer = peer_;
+    r.request_bytes = request_bytes_;
+    r.response_bytes = response_bytes_;
+    r.queue_wait_s = queue_wait_s_;
+    r.compute_s = compute_s_;
+    r.total_s = total_s_;
+    return r;
   }
 
  private:
   AttentionService* const service_;
+  const RpcMethod method_;
+  const int64_t request_bytes_;
+  const google::protobuf::Message* const response_;
+  const std::string peer_;
+  const Clock::time_point start_;
   std::atomic<bool> cancelled_{false};
+  grpc::StatusCode code_ = grpc::StatusCode::UNKNOWN;
+  int64_t response_bytes_ = 0;
+  double queue_wait_s_ = -1;
+  double compute_s_ = -1;
+  double total_s_ = 0;
 };
 
 const char* AttndVersion() { return ATTND_VERSION; }
 
 AttentionService::AttentionService(Backend* backend, WorkerPool* pool, const RequestLimits& limits,
-                                   std::vector<std::string> available_backends)
-    : backend_(backend), pool_(pool), limits_(limits) {
+                                   std::vector<std::string> available_backends, ServiceMetrics* metrics,
+                                   AccessLog* access_log)
+    : backend_(backend), pool_(pool), limits_(limits), metrics_(metrics), access_log_(access_log) {
   info_.set_version(std::string(AttndVersion()));
   info_.set_backend(std::string(backend_->name()));
   for (std::string& name : available_backends) info_.add_available_backends(std::move(name));
@@ -102,36 +156,40 @@ AttentionService::AttentionService(Backend* backend, WorkerPool* pool, const Req
       std::min<int64_t>(limits_.max_tokens_per_request, std::numeric_limits<int32_t>::max()));
 }
 
-grpc::ServerUnaryReactor* AttentionService::Dispatch(grpc::CallbackServerContext* context,
-                                                     absl::AnyInvocable<absl::Status() &&> compute) {
-  auto* reactor = new CallReactor(this);  // deletes itself in OnDone
-  bool refuse;
+CallReactor* AttentionService::StartCall(RpcMethod method, grpc::CallbackServerContext* context,
+                                         const google::protobuf::Message& request,
+                                         const google::protobuf::Message* response, bool* draining) {
   {
     absl::MutexLock lock(&mu_);
-    ++in_flight_;  // until OnDone
-    refuse = draining_;
+    ++in_flight_;  // until the reactor is deleted
+    *draining = draining_;
   }
-  if (refuse) {
-    reactor->Finish(kShuttingDown);
-    return reactor;
-  }
+  // peer() allocates: only the access log wants it.
+  return new CallReactor(this, method, static_cast<int64_t>(request.ByteSizeLong()), response,
+                         access_log_ != nullptr ? context->peer() : std::string());  // deletes itself in OnDone
+}
+
+void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
+                                absl::AnyInvocable<absl::Status() &&> compute) {
   if (context->deadline() <= std::chrono::system_clock::now()) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before the call was computed"));
-    return reactor;
+    reactor->Complete(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before the call was computed"));
+    return;
   }
-  auto run = [context, reactor, compute = std::move(compute)]() mutable {
+  auto run = [context, reactor, queued_at = CallReactor::Clock::now(), compute = std::move(compute)]() mutable {
+    reactor->set_queue_wait(CallReactor::SecondsSince(queued_at));
     // Checked again here: the call may have waited in the queue for a long time. The reactor
     // only hears of a cancellation when gRPC reports it; IsCancelled() also polls the call.
     if (reactor->cancelled() || context->IsCancelled()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before it was computed"));
+      reactor->Complete(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before it was computed"));
       return;
     }
     if (context->deadline() <= std::chrono::system_clock::now()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                   "deadline passed before the call was computed"));
+      reactor->Complete(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                     "deadline passed before the call was computed"));
       return;
     }
     absl::Status status;
+    const CallReactor::Clock::time_point compute_start = CallReactor::Clock::now();
     try {
       status = std::move(compute)();
     } catch (const std::bad_alloc&) {
@@ -141,15 +199,15 @@ grpc::ServerUnaryReactor* AttentionService::Dispatch(grpc::CallbackServerContext
       // Backends return absl::Status; should one throw anyway, fail this call, not the daemon.
       status = absl::InternalError(absl::StrCat("backend failure: ", e.what()));
     }
-    reactor->Finish(ToGrpc(status));
+    reactor->set_compute(CallReactor::SecondsSince(compute_start));
+    reactor->Complete(ToGrpc(status));
   };
-  // Finish() may run on a worker before this handler returns the reactor: gRPC holds it until the
-  // reactor is bound to the call.
+  // Complete() may run on a worker before this handler returns the reactor: gRPC holds it until
+  // the reactor is bound to the call.
   if (!pool_->Submit(std::move(run))) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                 "server busy: too many calls are waiting for a worker; retry later"));
+    reactor->Complete(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   "server busy: too many calls are waiting for a worker; retry later"));
   }
-  return reactor;
 }
 
 AttentionService::~AttentionService() {
@@ -163,18 +221,25 @@ void AttentionService::StartDraining() {
   draining_ = true;
 }
 
-bool AttentionService::draining() {
-  absl::MutexLock lock(&mu_);
-  return draining_;
-}
-
 bool AttentionService::WaitUntilIdle(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
   return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
 }
 
-void AttentionService::CallDone() {
+void AttentionService::CallDone(const CallReactor& call) {
+  if (metrics_ == nullptr && access_log_ == nullptr) return;
+  const AccessRecord record = call.Record();
+  if (metrics_ != nullptr) metrics_->RecordCall(call.method(), record, call.code());
+  if (access_log_ != nullptr) access_log_->Write(record);
+}
+
+int64_t AttentionService::calls_in_flight() {
+  absl::MutexLock lock(&mu_);
+  return in_flight_;
+}
+
+void AttentionService::CallDeleted() {
   absl::MutexLock lock(&mu_);
   --in_flight_;
 }
@@ -182,47 +247,50 @@ void AttentionService::CallDone() {
 grpc::ServerUnaryReactor* AttentionService::Forward(grpc::CallbackServerContext* context,
                                                     const v1::ForwardRequest* request,
                                                     v1::ForwardResponse* response) {
-  if (draining()) {  // a shutting-down server validates nothing (Dispatch checks again)
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(kShuttingDown);
+  bool draining = false;
+  CallReactor* reactor = StartCall(RpcMethod::kForward, context, *request, response, &draining);
+  if (draining) {  // a shutting-down server validates nothing
+    reactor->Complete(kShuttingDown);
     return reactor;
   }
   absl::StatusOr<ValidatedForward> call = ValidateForwardRequest(*request, limits_, backend_);
   if (!call.ok()) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(ToGrpc(call.status()));
+    reactor->Complete(ToGrpc(call.status()));
     return reactor;
   }
-  return Dispatch(context, [this, call = std::move(*call), request, response]() -> absl::Status {
+  Dispatch(reactor, context, [this, call = std::move(*call), request, response]() -> absl::Status {
     return ComputeForward(call, *request, response);
   });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AttentionService::Backward(grpc::CallbackServerContext* context,
                                                      const v1::BackwardRequest* request,
                                                      v1::BackwardResponse* response) {
-  if (draining()) {  // a shutting-down server validates nothing (Dispatch checks again)
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(kShuttingDown);
+  bool draining = false;
+  CallReactor* reactor = StartCall(RpcMethod::kBackward, context, *request, response, &draining);
+  if (draining) {  // a shutting-down server validates nothing
+    reactor->Complete(kShuttingDown);
     return reactor;
   }
   absl::StatusOr<ValidatedBackward> call = ValidateBackwardRequest(*request, limits_, backend_);
   if (!call.ok()) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(ToGrpc(call.status()));
+    reactor->Complete(ToGrpc(call.status()));
     return reactor;
   }
-  return Dispatch(context, [this, call = std::move(*call), request, response]() -> absl::Status {
+  Dispatch(reactor, context, [this, call = std::move(*call), request, response]() -> absl::Status {
     return ComputeBackward(call, *request, response);
   });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerContext* context,
-                                                          const v1::GetServerInfoRequest* /*request*/,
+                                                          const v1::GetServerInfoRequest* request,
                                                           v1::ServerInfo* response) {
+  bool draining = false;  // served while draining: it is cheap and tells the client what it reached
+  CallReactor* reactor = StartCall(RpcMethod::kGetServerInfo, context, *request, response, &draining);
   *response = info_;
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  reactor->Complete(grpc::Status::OK);
   return reactor;
 }
 

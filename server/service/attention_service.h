@@ -12,6 +12,9 @@
 // its calls so the server knows when the last one is done. (gRPC's own Server::Shutdown would
 // instead cancel calls whose request was still being received, with CANCELLED, and wait on open
 // streams such as health Watch until its deadline.)
+//
+// Every call, refused or computed, ends in one record: its count by status, bytes in and out and
+// stage latencies go to ServiceMetrics, and a line to the AccessLog when there is one.
 #pragma once
 
 #include <string>
@@ -22,6 +25,8 @@
 #include "attnd/v1/attention.grpc.pb.h"
 #include "server/backend.h"
 #include "server/service/request_validation.h"
+#include "server/service/service_metrics.h"
+#include "server/service/structured_log.h"
 #include "server/service/worker_pool.h"
 
 namespace attnd {
@@ -30,9 +35,11 @@ class CallReactor;
 
 class AttentionService final : public v1::Attention::CallbackService {
  public:
-  // `backend` and `pool` outlive the service. `available_backends` is reported by GetServerInfo.
+  // `backend`, `pool`, `metrics` and `access_log` outlive the service; the last two may be null.
+  // `available_backends` is reported by GetServerInfo.
   AttentionService(Backend* backend, WorkerPool* pool, const RequestLimits& limits,
-                   std::vector<std::string> available_backends);
+                   std::vector<std::string> available_backends, ServiceMetrics* metrics = nullptr,
+                   AccessLog* access_log = nullptr);
   ~AttentionService() override;  // waits for every call's reactor to be done
 
   grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context, const v1::ForwardRequest* request,
@@ -49,16 +56,23 @@ class AttentionService final : public v1::Attention::CallbackService {
   void StartDraining();
   // True once no accepted Forward/Backward call is left (its reactor done); false at `deadline`.
   bool WaitUntilIdle(absl::Time deadline);
+  // Calls whose reactor is not yet done (accepted, refused or computing).
+  int64_t calls_in_flight();
 
  private:
-  // Queues `compute` on the pool and returns the call's reactor, finished with compute's status,
-  // or without running it when the call was cancelled, expired or the queue is full.
-  grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* context,
-                                     absl::AnyInvocable<absl::Status() &&> compute);
+  // The reactor of a new call, counted in flight until it is done. `*draining`: whether the
+  // service refuses new calls.
+  CallReactor* StartCall(RpcMethod method, grpc::CallbackServerContext* context,
+                         const google::protobuf::Message& request, const google::protobuf::Message* response,
+                         bool* draining);
+  // Queues `compute` on the pool; `reactor` is finished with compute's status, or without running
+  // it when the call was cancelled, expired or the queue is full.
+  void Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
+                absl::AnyInvocable<absl::Status() &&> compute);
 
   friend class CallReactor;
-  bool draining();
-  void CallDone();
+  void CallDone(const CallReactor& call);  // records the call; the reactor is still alive
+  void CallDeleted();                       // the reactor is gone: one call fewer in flight
 
   absl::Status ComputeForward(const ValidatedForward& call, const v1::ForwardRequest& request,
                               v1::ForwardResponse* response);
@@ -68,6 +82,8 @@ class AttentionService final : public v1::Attention::CallbackService {
   Backend* const backend_;
   WorkerPool* const pool_;
   const RequestLimits limits_;
+  ServiceMetrics* const metrics_;
+  AccessLog* const access_log_;
   v1::ServerInfo info_;
 
   absl::Mutex mu_;

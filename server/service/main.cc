@@ -2,9 +2,11 @@
 //
 //   attnd [--listen=127.0.0.1:50051] [--backend=auto|cpu|cuda] [--threads=N] [--workers=N]
 //         [--max_request_bytes=N] [--max_tokens=N] [--deterministic] [--shutdown_grace=30s]
+//         [--metrics_listen=HOST:PORT] [--access_log=PATH|-] [--log_level=info]
 //
 // Prints "attnd listening on HOST:PORT" on stderr once it serves (with --listen=...:0 the port is
-// the one the kernel picked, so scripts parse that line). SIGTERM or SIGINT: stop accepting calls,
+// the one the kernel picked, so scripts parse that line). Every other line on stderr is logfmt
+// (ts=... level=... msg=... key=value), see structured_log.h; docs/OPERATIONS.md lists the flags. SIGTERM or SIGINT: stop accepting calls,
 // let in-flight calls finish (up to --shutdown_grace, then they are cancelled), exit 0. A second
 // signal (one second or more after the first) exits at once with status 1.
 #include <pthread.h>
@@ -27,6 +29,7 @@
 #include "server/backends/backend_factory.h"
 #include "server/service/attention_server.h"
 #include "server/service/attention_service.h"
+#include "server/service/structured_log.h"
 
 // Loopback by default: attnd has no authentication, so serving other hosts is an explicit choice
 // (--listen=0.0.0.0:50051, as the container does).
@@ -43,13 +46,18 @@ ABSL_FLAG(int64_t, max_tokens, attnd::kDefaultMaxTokensPerRequest,
 ABSL_FLAG(bool, deterministic, false, "bitwise reproducible backward on every request (no float atomics)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
           "on SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "host:port to serve Prometheus metrics on (GET /metrics over HTTP); empty: no exporter. Port 0 "
+          "picks a free port (logged as metrics_address=)");
+ABSL_FLAG(std::string, access_log, "",
+          "one logfmt line per finished call (method, code, bytes, latencies): a file to append to, - for "
+          "stderr, empty for none");
+ABSL_FLAG(std::string, log_level, "info", "least severe log level written: debug, info, warning or error");
 
 namespace {
 
-void Log(const std::string& line) {
-  std::fprintf(stderr, "%s\n", line.c_str());
-  std::fflush(stderr);
-}
+using attnd::LogLevel;
+using attnd::LogLine;
 
 }  // namespace
 
@@ -63,9 +71,15 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("attention over gRPC (attnd.v1.Attention, grpc.health.v1, reflection)");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
-    Log(absl::StrCat("attnd: unexpected argument '", rest[1], "' (see --help)"));
+    LogLine(LogLevel::kError, absl::StrCat("unexpected argument '", rest[1], "' (see --help)"));
     return 2;
   }
+  absl::StatusOr<LogLevel> level = attnd::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  if (!level.ok()) {
+    LogLine(LogLevel::kError, "bad flag").Kv("error", level.status().message());
+    return 2;
+  }
+  attnd::SetLogLevel(*level);
 
   // Signals are taken by a dedicated sigwait thread, never in a handler. Block them before any
   // other thread exists (backend pools, gRPC) so that every thread inherits the mask.
@@ -81,7 +95,9 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<attnd::Backend>> backend =
       attnd::CreateBackend(absl::GetFlag(FLAGS_backend), backend_options);
   if (!backend.ok()) {
-    Log(absl::StrCat("attnd: --backend=", absl::GetFlag(FLAGS_backend), ": ", backend.status().ToString()));
+    LogLine(LogLevel::kError, "cannot create the backend")
+        .Kv("flag", absl::StrCat("--backend=", absl::GetFlag(FLAGS_backend)))
+        .Kv("error", backend.status().ToString());
     return 1;
   }
   const std::string backend_name((*backend)->name());
@@ -91,24 +107,33 @@ int main(int argc, char** argv) {
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens);
   options.worker_threads = absl::GetFlag(FLAGS_workers);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.access_log = absl::GetFlag(FLAGS_access_log);
   absl::StatusOr<std::unique_ptr<attnd::AttentionServer>> server =
       attnd::AttentionServer::Start(options, *std::move(backend));
   if (!server.ok()) {
-    Log(absl::StrCat("attnd: ", server.status().ToString()));
+    LogLine(LogLevel::kError, "cannot start").Kv("error", server.status().ToString());
     return 1;
   }
-  Log(absl::StrCat("attnd ", attnd::AttndVersion(), ": backend ", backend_name, ", ",
-                   options.worker_threads > 0 ? options.worker_threads
-                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())),
-                   " workers, max_request_bytes ", options.max_request_bytes, ", max_tokens ",
-                   options.max_tokens_per_request));
+  LogLine(LogLevel::kInfo, "attnd serving")
+      .Kv("version", attnd::AttndVersion())
+      .Kv("address", (*server)->address())
+      .Kv("backend", backend_name)
+      .Kv("workers", options.worker_threads > 0
+                         ? options.worker_threads
+                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
+      .Kv("max_request_bytes", options.max_request_bytes)
+      .Kv("max_tokens", options.max_tokens_per_request)
+      .Kv("shutdown_grace", absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)))
+      .Kv("access_log", options.access_log.empty() ? "off" : options.access_log);
 
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    Log(absl::StrCat("attnd: ", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                     ", draining in-flight calls (grace ", absl::FormatDuration(grace), ")"));
+    LogLine(LogLevel::kInfo, "draining in-flight calls")
+        .Kv("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT")
+        .Kv("grace", absl::FormatDuration(grace));
     // A second signal forces the exit. Ignore copies that arrive together with the first (tools
     // like timeout(1) signal both the process and its group).
     const absl::Time first = absl::Now();
@@ -117,7 +142,7 @@ int main(int argc, char** argv) {
         int again = 0;
         sigwait(&signals, &again);
         if (absl::Now() - first < absl::Seconds(1)) continue;
-        Log("attnd: second signal while draining, exiting now");
+        LogLine(LogLevel::kWarning, "second signal while draining, exiting now");
         std::_Exit(1);
       }
     }).detach();
@@ -126,6 +151,6 @@ int main(int argc, char** argv) {
   (*server)->Wait();
   signal_thread.join();
   server->reset();
-  Log("attnd: stopped");
+  LogLine(LogLevel::kInfo, "attnd: stopped");
   return 0;
 }

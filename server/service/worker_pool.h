@@ -3,6 +3,7 @@
 // flood of requests is refused (RESOURCE_EXHAUSTED upstream) instead of piling up without limit.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <deque>
 #include <mutex>
@@ -33,6 +34,8 @@ class WorkerPool {
 
   int threads() const { return static_cast<int>(threads_.size()); }
   size_t queued() const;
+  // Threads running a task now (for the busy-workers gauge).
+  int busy() const { return busy_.load(std::memory_order_relaxed); }
 
  private:
   void Loop();
@@ -41,6 +44,7 @@ class WorkerPool {
   mutable absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void() &&>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int> busy_{0};
   std::vector<std::thread> threads_;
   std::once_flag joined_;
 };

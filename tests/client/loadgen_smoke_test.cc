@@ -12,6 +12,9 @@
 #include "tests/client/client_test_util.h"
 #include "tests/client/test_backends.h"
 
+#ifndef LOADGEN_SWEEP_CSV  // set by tests/client/CMakeLists.txt for plot_sweep_makes_a_png
+#define LOADGEN_SWEEP_CSV (::testing::TempDir() + "loadgen_sweep.csv")
+#endif
 #ifndef ATTN_LOADGEN_PATH
 #error "ATTN_LOADGEN_PATH must name the attn_loadgen executable"
 #endif
@@ -100,6 +103,78 @@ TEST(LoadgenSmoke, TextSummaryNamesTheNumbers) {
   for (const char* word : {"requests/s", "GB/s", "p50", "p90", "p99", "max"}) {
     EXPECT_NE(run.stdout_text.find(word), std::string::npos) << word;
   }
+}
+
+int Count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::string text;
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    char buffer[4096];
+    size_t n;
+    while ((n = fread(buffer, 1, sizeof buffer, f)) > 0) text.append(buffer, n);
+    std::fclose(f);
+  }
+  return text;
+}
+
+// A closed-loop sweep of two steps, each measured in windows: JSON {"steps":[2 objects]} and a CSV
+// of a header and two rows, which the plot test (plot_sweep_makes_a_png) then draws.
+TEST(LoadgenSmoke, ConcurrencySweepOfTwoStepsWritesJsonAndCsv) {
+  Loopback lb;
+  StartLoopback(CreateCpuBackend(2), 2, &lb);
+  const std::string csv = LOADGEN_SWEEP_CSV;
+  std::remove(csv.c_str());
+  const LoadgenRun run = RunLoadgen("--target=" + lb.server->address() +
+                                    " --concurrency=1,2 --window=0.3 --stable_windows=2 --stability=0.5"
+                                    " --duration=1.5 --warmup=0.2 --batch=1 --seqlen_q=64 --heads_q=2 --head_dim=32"
+                                    " --check --check_every=10 --json --csv=" + csv);
+  SCOPED_TRACE(run.stdout_text);
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_EQ(run.stdout_text.rfind("{\"steps\":[", 0), 0u);
+  EXPECT_EQ(Count(run.stdout_text, "\"mode\":\"closed\""), 2);
+  EXPECT_EQ(Count(run.stdout_text, "\"concurrency\":1,"), 1);
+  EXPECT_EQ(Count(run.stdout_text, "\"concurrency\":2,"), 1);
+  EXPECT_EQ(Count(run.stdout_text, "\"mismatches\":0"), 2);
+  EXPECT_GT(JsonNumber(run.stdout_text, "windows"), 0);
+  const std::string rows = ReadFile(csv);
+  SCOPED_TRACE(rows);
+  EXPECT_EQ(Count(rows, "\n"), 3);
+  EXPECT_EQ(rows.rfind("mode,concurrency,rate,", 0), 0u);
+  EXPECT_NE(rows.find("p99_ms"), std::string::npos);
+  EXPECT_NE(rows.find("\nclosed,1,"), std::string::npos);
+  EXPECT_NE(rows.find("\nclosed,2,"), std::string::npos);
+}
+
+// Open loop at a constant 40 calls/s for 2 s: about 80 calls whatever the latency, latency from the
+// scheduled send time; a Poisson step alongside in the same sweep.
+TEST(LoadgenSmoke, OpenLoopAtAFixedRateSendsThatRate) {
+  Loopback lb;
+  StartLoopback(CreateCpuBackend(2), 2, &lb);
+  const LoadgenRun run = RunLoadgen("--target=" + lb.server->address() +
+                                    " --rate=40 --arrival=constant --duration=2 --batch=1 --seqlen_q=64 --heads_q=2"
+                                    " --head_dim=32 --check --check_every=4 --json");
+  SCOPED_TRACE(run.stdout_text);
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_NE(run.stdout_text.find("\"mode\":\"open\""), std::string::npos);
+  EXPECT_NE(run.stdout_text.find("\"arrival\":\"constant\""), std::string::npos);
+  EXPECT_GE(JsonNumber(run.stdout_text, "ok"), 76);
+  EXPECT_LE(JsonNumber(run.stdout_text, "ok"), 81);
+  EXPECT_NEAR(JsonNumber(run.stdout_text, "requests_per_s"), 40, 4);
+  EXPECT_GT(JsonNumber(run.stdout_text, "checked"), 0);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "mismatches"), 0);
+  EXPECT_GT(JsonNumber(run.stdout_text, "p95"), 0);
+}
+
+TEST(LoadgenSmoke, BadSweepFlagsExitTwo) {
+  EXPECT_EQ(RunLoadgen("--concurrency=1,x").exit_code, 2);
+  EXPECT_EQ(RunLoadgen("--rate=-5").exit_code, 2);
+  EXPECT_EQ(RunLoadgen("--arrival=bursty --rate=5").exit_code, 2);
+  EXPECT_EQ(RunLoadgen("--window=1 --requests=5").exit_code, 2);
 }
 
 TEST(LoadgenSmoke, UnreachableDaemonExitsTwo) {

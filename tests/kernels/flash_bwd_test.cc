@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -115,6 +116,21 @@ std::vector<double> Decode(ElementType t, const std::vector<uint8_t>& bytes) {
 }
 
 double Tolerance(ElementType t) { return t == ElementType::kBF16 ? 2e-2 : 5e-3; }
+
+// ||a - ref|| / ||ref||, with ||ref|| floored at 1e-3 * sqrt(n): some shapes have an exactly zero
+// gradient (one key per query: P = 1, so dS = dP - D = 0 and dQ = dK = 0), where the kernel's
+// rounding residue (1e-7 here) must not count as an infinite relative error. Gradients of these
+// unit-variance inputs are O(1) per element, so the floor does not loosen any other case.
+double GradError(const std::vector<double>& a, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && i < ref.size(); ++i) {
+    num += (a[i] - ref[i]) * (a[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  if (a.size() != ref.size()) return INFINITY;
+  den = std::max(den, 1e-6 * double(ref.size()));
+  return ref.empty() ? 0.0 : std::sqrt(num / den);
+}
 
 struct Case {
   AttentionShape shape;
@@ -273,9 +289,9 @@ void CheckAgainstOracle(const Case& c) {
   EXPECT_EQ(CountNaN(dk), 0u) << "dK has NaN (unwritten or wrong)";
   EXPECT_EQ(CountNaN(dv), 0u) << "dV has NaN (unwritten or wrong)";
   const double tol = Tolerance(c.dtype);
-  const double eq = testing::RelativeL2Error(dq, hp.ref.grad_q);
-  const double ek = testing::RelativeL2Error(dk, hp.ref.grad_k);
-  const double ev = testing::RelativeL2Error(dv, hp.ref.grad_v);
+  const double eq = GradError(dq, hp.ref.grad_q);
+  const double ek = GradError(dk, hp.ref.grad_k);
+  const double ev = GradError(dv, hp.ref.grad_v);
   EXPECT_LE(eq, tol) << "dQ";
   EXPECT_LE(ek, tol) << "dK";
   EXPECT_LE(ev, tol) << "dV";

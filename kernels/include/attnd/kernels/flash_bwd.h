@@ -97,8 +97,9 @@ void SetContiguousStrides(FlashBwdParams& p);
 cudaError_t FlashBwdCheck(const FlashBwdParams& p);
 
 // Bytes of device workspace the backward needs for `p` on the current device (FP32 dQ
-// accumulators, the pre-pass's D and scaled lse, split partial sums, FP32-path copies). It depends
-// on the device's multiprocessor count: query it on the device that will run FlashBwd.
+// accumulators, the pre-pass's D and scaled lse, split partial sums, FP32-path copies). Depends
+// only on the sizes (pointers may be unset) and on the device's multiprocessor count: query it on
+// the device that will run FlashBwd. 0 when the sizes are invalid.
 size_t FlashBwdWorkspaceBytes(const FlashBwdParams& p);
 
 // Launches the backward pass on `stream` (asynchronous). `workspace` must hold
