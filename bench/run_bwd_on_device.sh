@@ -3,7 +3,7 @@
 # tests, the sanitizers, the benchmark and the SDPA comparison; logs under $OUT (logs_bwd.tar.gz),
 # results (CSV, table, PNG) in $OUT; a short summary and the table last.
 #
-#   STEPS="build test sanitize sass bench alt sdpa ncu"  (default: build test sanitize sass bench sdpa)
+#   STEPS="build test sanitize sass bench det stalls sdpa ncu"  (default: build test sanitize sass bench sdpa)
 #   TAG=2026-11-23_h100                               (names the result files)
 #   BENCH_ARGS="..."                                  (extra attn_bench_bwd arguments)
 # Run from the repository root with .devdeps/googletest carried along:
@@ -87,13 +87,22 @@ if has bench; then
   cat "$LOG/bench.log"
 fi
 
-if has alt; then
-  # The candidate tiles of AltBwdTile (flash_bwd_tile.cuh) on the same shapes.
-  ATTND_BWD_TILE=alt $BUILD/bin/attn_bench_bwd --csv "$OUT/${TAG}_bwd_alt.csv" ${ALT_ARGS:-} > "$LOG/bench_alt.log" 2>&1
-  note "attn_bench_bwd (ATTND_BWD_TILE=alt): rc=$? ($(elapsed))"
-  cat "$LOG/bench_alt.log"
-  ATTND_BWD_TILE=alt $BUILD/bin/flash_bwd_test --gtest_filter='*d64*:FlashBwd.Seqlen*:FlashBwd.Packed*:FlashBwd.Determ*:FlashBwd.Causal*' > "$LOG/test_alt.log" 2>&1
-  note "tests with ATTND_BWD_TILE=alt: rc=$? $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$LOG/test_alt.log" | tr '\n' ' ')"
+if has det; then
+  # Deterministic mode (dQ slices summed in a fixed order) on a few shapes.
+  $BUILD/bin/attn_bench_bwd --deterministic 1 --causal 0,1 --csv "$OUT/${TAG}_bwd_det.csv" ${DET_ARGS:---seqlens 1024,4096,16384} > "$LOG/bench_det.log" 2>&1
+  note "attn_bench_bwd --deterministic 1: rc=$? ($(elapsed))"
+  cat "$LOG/bench_det.log"
+fi
+
+if has stalls; then
+  # Stall reasons, tensor pipe and shared-memory bank conflicts of the main kernel, d=128 N=4096.
+  for v in ${STALL_CAUSAL:-0}; do
+    ncu --clock-control none --kernel-name regex:flash_bwd_kernel --launch-skip 1 --launch-count 1 \
+      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum' \
+      $BUILD/bin/attn_bench_bwd --dims ${STALL_DIM:-128} --causal $v --seqlens 4096 --warmup 1 --iters 1 --sets 1 > "$LOG/stalls_$v.txt" 2>&1
+    note "stalls (causal=$v): rc=$? ($(elapsed))"
+    grep -E 'stalled|bank|wavefronts|hmma|duration' "$LOG/stalls_$v.txt" | awk '$NF+0 > 0.05 || /bank|wavefronts|hmma|duration/' | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | awk '{printf "  %-60s %s\n", $1, $NF}'
+  done
 fi
 
 if has ncu; then

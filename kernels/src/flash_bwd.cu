@@ -33,9 +33,7 @@ size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <int kHeadDim>
-constexpr int BlockM() { return DefaultBwdTile<kHeadDim>::type::kBlockM; }
-template <int kHeadDim>
-constexpr int BlockN() { return DefaultBwdTile<kHeadDim>::type::kBlockN; }
+constexpr int BlockN() { return DefaultBwdTile<kHeadDim, true>::type::kBlockN; }
 
 int TileBlockN(int head_dim) {
   switch (head_dim) {

@@ -26,10 +26,9 @@ namespace attnd::kernels::bwd {
 
 // Schedule options of the tile loop (kSchedule bits).
 inline constexpr int kScheduleFusedSdP = 1;  // S and dP in one k-loop (more ILP, more registers)
-inline constexpr int kScheduleDqFirst = 2;   // dQ before dV/dK (its reductions drain under dV/dK)
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarpsMS_, int kWarpsNKV_, int kWarpsMQ_, int kDqPasses_ = 1,
-          int kSchedule_ = 0>
+          int kSchedule_ = 0, int kStages_ = 2>
 struct BwdTile {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
@@ -59,7 +58,6 @@ struct BwdTile {
   static constexpr int kNjQ = kHeadDim / 16 / kWarpsDQ;
   static constexpr int kDqPasses = kDqPasses_;  // dQ computed in this many column slices
   static constexpr bool kFusedSdP = (kSchedule_ & kScheduleFusedSdP) != 0;
-  static constexpr bool kDqFirst = (kSchedule_ & kScheduleDqFirst) != 0;
 
   // Shared memory: rows of head_dim (Q, dO, K, V) and rows of kBlockN (P, dS), both swizzled.
   using RowsD = detail::SwizzledRows<kHeadDim>;
@@ -69,13 +67,14 @@ struct BwdTile {
   static constexpr int kPBytes = kBlockM * RowsN::kRowBytes;
   static constexpr int kOffK = 0;
   static constexpr int kOffV = kOffK + kKBytes;
-  static constexpr int kOffQ = kOffV + kKBytes;   // 2 stages
-  static constexpr int kOffDo = kOffQ + 2 * kQBytes;  // 2 stages
-  static constexpr int kOffP = kOffDo + 2 * kQBytes;
+  static constexpr int kStages = kStages_;  // query tiles (Q, dO, lse, D) in flight or in use
+  static constexpr int kOffQ = kOffV + kKBytes;
+  static constexpr int kOffDo = kOffQ + kStages * kQBytes;
+  static constexpr int kOffP = kOffDo + kStages * kQBytes;
   static constexpr int kOffDs = kOffP + kPBytes;
-  static constexpr int kOffLse = kOffDs + kPBytes;    // 2 stages of kBlockM floats
-  static constexpr int kOffDsum = kOffLse + 2 * kBlockM * 4;
-  static constexpr int kSmemBytes = kOffDsum + 2 * kBlockM * 4;
+  static constexpr int kOffLse = kOffDs + kPBytes;  // kStages x kBlockM floats
+  static constexpr int kOffDsum = kOffLse + kStages * kBlockM * 4;
+  static constexpr int kSmemBytes = kOffDsum + kStages * kBlockM * 4;
 
   static_assert(kWarps % kWarpsMS == 0 && kWarps % kWarpsNKV == 0 && kWarps % kWarpsMQ == 0, "warp split");
   static_assert(kMiS >= 1 && kTileMS % 16 == 0 && kNiS % 2 == 0, "S warp tile: 16-row, 16-column multiples");
@@ -90,35 +89,24 @@ struct BwdTile {
   static_assert((kWarpsDQ & (kWarpsDQ - 1)) == 0 && (kNiS & (kNiS - 1)) == 0, "power of two");
   static_assert(2 * kBlockM <= kThreads, "one thread per lse/D value");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
+  static_assert(kStages >= 2, "at least double buffering");
 };
 
-// The tuned choice per head dim (the benchmark can instantiate others).
-template <int kHeadDim>
+// The tuned choice per head dim and causality (bench/NOTES_BWD.md has the measurements).
+// - d = 64: 128 query rows per tile, as FlashAttention-2: half the barriers and P/dS round trips
+//   per FLOP and 64 x 32 S/dP warp tiles; +4-10% over 64 rows.
+// - d = 128 non-causal: S and dP in one k-loop (16 independent accumulators per k-slice instead
+//   of 8: the kernel is latency bound with two warps per scheduler); +2.5-4%. Causal keeps the
+//   two loops: with fewer tiles per CTA and masked diagonal tiles the fused loop measured 2-3%
+//   slower at N <= 4096.
+// - A third query-tile stage (kStages = 3) measured no gain; d = 32, 96, 256 are supported, not tuned.
+template <int kHeadDim, bool kCausal>
 struct DefaultBwdTile;
-template <> struct DefaultBwdTile<32> { using type = BwdTile<32, 64, 128, 2, 4, 4>; };
-template <> struct DefaultBwdTile<64> { using type = BwdTile<64, 64, 128, 2, 4, 2>; };
-template <> struct DefaultBwdTile<96> { using type = BwdTile<96, 64, 128, 2, 4, 4>; };
-template <> struct DefaultBwdTile<128> { using type = BwdTile<128, 64, 128, 2, 4, 2>; };
-template <> struct DefaultBwdTile<256> { using type = BwdTile<256, 64, 64, 2, 4, 2, 2>; };
-
-// Candidates the benchmark compares with the default (selected with ATTND_BWD_TILE=alt, see
-// flash_bwd_launch.cuh); equal to the default where no candidate is being tried.
-template <int kHeadDim>
-struct AltBwdTile {
-  using type = typename DefaultBwdTile<kHeadDim>::type;
-};
-// d = 64: 128 query rows per tile, as FlashAttention-2 does: half the barriers and P/dS round
-// trips per FLOP, S/dP warp tiles of 64 x 32 (0.047 instead of 0.0625 shared-memory bytes per FLOP).
-template <> struct AltBwdTile<64> { using type = BwdTile<64, 128, 128, 2, 4, 4>; };
-template <> struct AltBwdTile<128> { using type = BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleDqFirst>; };
-// A second candidate (ATTND_BWD_TILE=alt2).
-template <int kHeadDim>
-struct Alt2BwdTile {
-  using type = typename DefaultBwdTile<kHeadDim>::type;
-};
-template <> struct Alt2BwdTile<64> { using type = BwdTile<64, 128, 128, 2, 4, 4, 1, kScheduleDqFirst>; };
-template <> struct Alt2BwdTile<128> {
-  using type = BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleFusedSdP | kScheduleDqFirst>;
-};
+template <bool kCausal> struct DefaultBwdTile<32, kCausal> { using type = BwdTile<32, 64, 128, 2, 4, 4>; };
+template <bool kCausal> struct DefaultBwdTile<64, kCausal> { using type = BwdTile<64, 128, 128, 2, 4, 4>; };
+template <bool kCausal> struct DefaultBwdTile<96, kCausal> { using type = BwdTile<96, 64, 128, 2, 4, 4>; };
+template <> struct DefaultBwdTile<128, true> { using type = BwdTile<128, 64, 128, 2, 4, 2>; };
+template <> struct DefaultBwdTile<128, false> { using type = BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleFusedSdP>; };
+template <bool kCausal> struct DefaultBwdTile<256, kCausal> { using type = BwdTile<256, 64, 64, 2, 4, 2, 2>; };
 
 }  // namespace attnd::kernels::bwd
