@@ -3,17 +3,17 @@
 # packages only. Idempotent: a machine that already has them spends a second here.
 # ATTND_DEPS=build (the container's build stage) installs what building needs and skips the tools
 # only the tests use (a real Prometheus for the metrics integration test, python3-yaml for the
-# manifest checks); the default, all, installs both.
+# manifest checks, PyTorch and matplotlib for the Python client's tests and plots); the default, all, installs both.
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libcpp-httplib-dev
   googletest libgtest-dev libgmock-dev
-  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy python3-torch python3-matplotlib
+  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy
 )
 if [[ ${ATTND_DEPS:-all} != build ]]; then
-  packages+=(prometheus python3-yaml)
+  packages+=(prometheus python3-yaml python3-torch python3-matplotlib)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -159,7 +159,7 @@ __device__ __forceinline__ void warp_gemm_rows2(float (&acc)[kMi][kNi][4], float
   }
 }
 
-template <typename T, typename Tile>
+template <typename T, typename Tile, bool kDeterministic>
 __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kHeadDim = Tile::kHeadDim;
   constexpr int kRowD = Tile::RowsD::kRowBytes;  // bytes per row of Q, dO, K, V tiles
@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
   const T* v = static_cast<const T*>(args.v);
   const T* dout = static_cast<const T*>(args.dout);
   const int64_t dq_row_stride = int64_t{args.heads_q} * kHeadDim;
-  float* dq_accum = args.dq_accum + (args.deterministic ? blockIdx.x * args.dq_split_stride : 0);
+  float* dq_accum = args.dq_accum + (kDeterministic ? blockIdx.x * args.dq_split_stride : 0);
 
   // Shared-memory tiles (byte addresses in the shared window).
   const uint32_t s_k = s_base + Tile::kOffK, s_v = s_base + Tile::kOffV;
@@ -411,6 +411,29 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
 #pragma unroll
         for (int pass = 0; pass < Tile::kDqPasses; ++pass) {
           constexpr int kNj = kNjQ / Tile::kDqPasses;
+          // Element pair (mi, hh, nj, s) of this lane: row r, columns col, col + 1.
+          auto row_of = [&](int mi, int hh) { return wm_q * Tile::kTileMQ + mi * 16 + hh * 8 + g; };
+          auto pair_at = [&](int mi, int hh, int nj, int s) {
+            return dq_tile + row_of(mi, hh) * dq_row_stride + 2 * t + 16 * (wd_q + Tile::kWarpsDQ * (pass * kNj + nj)) +
+                   8 * s;
+          };
+          // Deterministic: this CTA's own slice, always touched by this same thread, updated with
+          // plain loads and stores. The loads go out before the mma so that their latency hides
+          // under it (one round trip per tile instead of one per element pair).
+          float2 old[kDeterministic ? kMiQ : 1][2][kDeterministic ? kNj : 1][2];
+          if constexpr (kDeterministic) {
+#pragma unroll
+            for (int mi = 0; mi < kMiQ; ++mi)
+#pragma unroll
+              for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+                for (int nj = 0; nj < kNj; ++nj)
+#pragma unroll
+                  for (int s = 0; s < 2; ++s)
+                    old[mi][hh][nj][s] = row_of(mi, hh) < seqlen_q - m0
+                                             ? __ldcg(reinterpret_cast<const float2*>(pair_at(mi, hh, nj, s)))
+                                             : make_float2(0.f, 0.f);
+          }
           float acc_dq[kMiQ][2 * kNj][4];
 #pragma unroll
           for (int i = 0; i < kMiQ; ++i)
@@ -440,19 +463,16 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
           for (int mi = 0; mi < kMiQ; ++mi) {
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
-              const int r = wm_q * Tile::kTileMQ + mi * 16 + hh * 8 + g;
-              if (r >= seqlen_q - m0) continue;
-              float* dq_row = dq_tile + r * dq_row_stride + 2 * t;
+              if (row_of(mi, hh) >= seqlen_q - m0) continue;
 #pragma unroll
               for (int nj = 0; nj < kNj; ++nj) {
 #pragma unroll
                 for (int s = 0; s < 2; ++s) {
-                  float* p = dq_row + 16 * (wd_q + Tile::kWarpsDQ * (pass * kNj + nj)) + 8 * s;
+                  float* p = pair_at(mi, hh, nj, s);
                   const float x0 = acc_dq[mi][2 * nj + s][2 * hh], x1 = acc_dq[mi][2 * nj + s][2 * hh + 1];
-                  if (args.deterministic) {
-                    // This CTA's own slice, always touched by this same thread: plain read-modify-write.
-                    const float2 old = *reinterpret_cast<const float2*>(p);
-                    *reinterpret_cast<float2*>(p) = make_float2(old.x + x0, old.y + x1);
+                  if constexpr (kDeterministic) {
+                    const float2 o = old[mi][hh][nj][s];
+                    __stcg(reinterpret_cast<float2*>(p), make_float2(o.x + x0, o.y + x1));
                   } else {
                     red_add_f32x2(p, x0, x1);
                   }

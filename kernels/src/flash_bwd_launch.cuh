@@ -11,7 +11,9 @@ namespace attnd::kernels::bwd {
 template <typename T, typename Tile>
 cudaError_t launch_flash_bwd(const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return cudaSuccess;
-  auto kernel = flash_bwd_kernel<T, Tile>;
+  // The deterministic variant is its own instantiation so that its dQ slice updates cost the
+  // atomic path no registers.
+  auto kernel = args.deterministic ? flash_bwd_kernel<T, Tile, true> : flash_bwd_kernel<T, Tile, false>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
   if (err != cudaSuccess) return err;
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);

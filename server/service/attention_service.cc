@@ -75,6 +75,8 @@ class CallReactor final : public grpc::ServerUnaryReactor {
         start_(Clock::now()) {}
 
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  // Lets a backend (the batcher) drop the call uncomputed once its client gives up.
+  const std::atomic<bool>* cancelled_flag() const { return &cancelled_; }
   void OnCancel() override { cancelled_.store(true, std::memory_order_release); }
 
   // Finish() that first notes the status and the response's size (the response is the call's,
@@ -170,7 +172,7 @@ CallReactor* AttentionService::StartCall(RpcMethod method, grpc::CallbackServerC
 }
 
 void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
-                                absl::AnyInvocable<absl::Status() &&> compute) {
+                                absl::AnyInvocable<absl::Status(const CallControl&) &&> compute) {
   if (context->deadline() <= std::chrono::system_clock::now()) {
     reactor->Complete(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before the call was computed"));
     return;
@@ -191,7 +193,9 @@ void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContex
     absl::Status status;
     const CallReactor::Clock::time_point compute_start = CallReactor::Clock::now();
     try {
-      status = std::move(compute)();
+      // The deadline and the cancellation travel with the call, so a backend that queues it
+      // (the dynamic batcher) can still drop it uncomputed.
+      status = std::move(compute)(CallControl{context->deadline(), reactor->cancelled_flag()});
     } catch (const std::bad_alloc&) {
       // Sizing a large response on a host that is out of memory.
       status = absl::ResourceExhaustedError("out of host memory while computing the response");
@@ -258,8 +262,9 @@ grpc::ServerUnaryReactor* AttentionService::Forward(grpc::CallbackServerContext*
     reactor->Complete(ToGrpc(call.status()));
     return reactor;
   }
-  Dispatch(reactor, context, [this, call = std::move(*call), request, response]() -> absl::Status {
-    return ComputeForward(call, *request, response);
+  Dispatch(reactor, context,
+           [this, call = std::move(*call), request, response](const CallControl& control) -> absl::Status {
+    return ComputeForward(call, control, *request, response);
   });
   return reactor;
 }
@@ -278,8 +283,9 @@ grpc::ServerUnaryReactor* AttentionService::Backward(grpc::CallbackServerContext
     reactor->Complete(ToGrpc(call.status()));
     return reactor;
   }
-  Dispatch(reactor, context, [this, call = std::move(*call), request, response]() -> absl::Status {
-    return ComputeBackward(call, *request, response);
+  Dispatch(reactor, context,
+           [this, call = std::move(*call), request, response](const CallControl& control) -> absl::Status {
+    return ComputeBackward(call, control, *request, response);
   });
   return reactor;
 }
@@ -294,11 +300,14 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
   return reactor;
 }
 
-absl::Status AttentionService::ComputeForward(const ValidatedForward& call, const v1::ForwardRequest& request,
+absl::Status AttentionService::ComputeForward(const ValidatedForward& call, const CallControl& control,
+                                              const v1::ForwardRequest& request,
                                               v1::ForwardResponse* response) {
   OutputBytes out(response->mutable_out(), call.dtype, ShapeOf(request.q()), call.shape.q_elements());
   OutputBytes lse(response->mutable_lse(), DType::kFP32, LseShape(call.shape), call.shape.lse_elements());
-  absl::Status status = backend_->Forward(call.Args(out.data(), static_cast<float*>(lse.data())));
+  ForwardArgs args = call.Args(out.data(), static_cast<float*>(lse.data()));
+  args.control = control;
+  absl::Status status = backend_->Forward(args);
   if (!status.ok()) {
     response->Clear();  // never half a result
     return status;
@@ -308,12 +317,15 @@ absl::Status AttentionService::ComputeForward(const ValidatedForward& call, cons
   return absl::OkStatus();
 }
 
-absl::Status AttentionService::ComputeBackward(const ValidatedBackward& call, const v1::BackwardRequest& request,
+absl::Status AttentionService::ComputeBackward(const ValidatedBackward& call, const CallControl& control,
+                                               const v1::BackwardRequest& request,
                                                v1::BackwardResponse* response) {
   OutputBytes grad_q(response->mutable_grad_q(), call.dtype, ShapeOf(request.q()), call.shape.q_elements());
   OutputBytes grad_k(response->mutable_grad_k(), call.dtype, ShapeOf(request.k()), call.shape.kv_elements());
   OutputBytes grad_v(response->mutable_grad_v(), call.dtype, ShapeOf(request.v()), call.shape.kv_elements());
-  absl::Status status = backend_->Backward(call.Args(grad_q.data(), grad_k.data(), grad_v.data()));
+  BackwardArgs args = call.Args(grad_q.data(), grad_k.data(), grad_v.data());
+  args.control = control;
+  absl::Status status = backend_->Backward(args);
   if (!status.ok()) {
     response->Clear();
     return status;

@@ -68,16 +68,16 @@ class AttentionService final : public v1::Attention::CallbackService {
   // Queues `compute` on the pool; `reactor` is finished with compute's status, or without running
   // it when the call was cancelled, expired or the queue is full.
   void Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
-                absl::AnyInvocable<absl::Status() &&> compute);
+                absl::AnyInvocable<absl::Status(const CallControl&) &&> compute);
 
   friend class CallReactor;
   void CallDone(const CallReactor& call);  // records the call; the reactor is still alive
   void CallDeleted();                       // the reactor is gone: one call fewer in flight
 
-  absl::Status ComputeForward(const ValidatedForward& call, const v1::ForwardRequest& request,
-                              v1::ForwardResponse* response);
-  absl::Status ComputeBackward(const ValidatedBackward& call, const v1::BackwardRequest& request,
-                               v1::BackwardResponse* response);
+  absl::Status ComputeForward(const ValidatedForward& call, const CallControl& control,
+                              const v1::ForwardRequest& request, v1::ForwardResponse* response);
+  absl::Status ComputeBackward(const ValidatedBackward& call, const CallControl& control,
+                               const v1::BackwardRequest& request, v1::BackwardResponse* response);
 
   Backend* const backend_;
   WorkerPool* const pool_;

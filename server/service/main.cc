@@ -27,6 +27,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/backends/backend_factory.h"
+#include "server/engine/batcher_flags.h"
 #include "server/service/attention_server.h"
 #include "server/service/attention_service.h"
 #include "server/service/structured_log.h"
@@ -101,6 +102,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::string backend_name((*backend)->name());
+  // The dynamic batcher sits above the backend: compatible calls that queue together become one
+  // packed-varlen launch (--batching, --max_queue_delay_us, --max_batch_tokens, ...).
+  backend = attnd::WrapWithBatcherFromFlags(*std::move(backend));
+  if (!backend.ok()) {
+    LogLine(LogLevel::kError, "cannot configure the batcher").Kv("error", backend.status().ToString());
+    return 1;
+  }
 
   attnd::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
