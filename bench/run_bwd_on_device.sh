@@ -135,4 +135,4 @@ fi
 tar -C "$OUT" -czf "$OUT/logs_bwd.tar.gz" logs_bwd && rm -rf "$LOG"
 echo
 printf '%s\n' "${summary[@]}"
-tar -xzOf "$OUT/logs_bwd.tar.gz" logs_bwd/sdpa_table.txt 2>/dev/null | tail -40
+tar -xzOf "$OUT/logs_bwd.tar.gz" logs_bwd/sdpa_table.txt 2>/dev/null | tail -40 || true

@@ -18,13 +18,14 @@
 // group, so the group sum needs no atomics). Per query tile (h, m):
 //   wait Q, dO, lse, D of (h, m); barrier     (also: every warp is done with the previous tile)
 //   cp.async Q, dO, lse, D of tile + kStages - 1 into its stage     (in flight meanwhile)
-//   S = Q K^T, dP = dO V^T          ldmatrix (Q, dO, K, V) + mma.sync, one k-loop for both
-//   P = exp2(..), dS = P o (dP - D) FP32, masked only on diagonal/tail tiles; P, dS -> smem (16 bit)
+//   S = Q K^T, dP = dO V^T          ldmatrix (Q, dO, K, V) + mma.sync; one k-loop for both
+//                                   (kFusedSdP) or two, P rounded to 16 bits between them
+//   P = exp2(..), dS = P o (dP - D) masked only on diagonal/tail tiles; P, dS -> smem (16 bit)
 //   barrier
 //   dV += P^T dO, dK += dS^T Q      ldmatrix.trans of P, dS, dO, Q + mma.sync
 //   dQ  = dS K                      ldmatrix (dS) + ldmatrix.trans (K) + mma.sync
-//   dQ -> FP32 workspace            red.global.add.v2 (default) or, deterministic, plain
-//                                   load/add/store into the CTA's own slice
+//   dQ -> FP32 workspace            red.global.add.v2 (default) or, kDeterministic, plain
+//                                   loads (before the dQ mma) and stores into the CTA's own slice
 // Epilogue: dK * c, dV -> global (16-bit), or FP32 partial sums when the group is split.
 #pragma once
 
