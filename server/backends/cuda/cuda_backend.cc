@@ -1,5 +1,5 @@
 // CudaBackend: runs attnd_kernels on one GPU. Each call is self-contained (simple allocation per
-// request; the engine issue replaces it with pooled memory and batching): its own stream, one
+// request; the engine issue replaces it with pooled memory, pinned staging and stream reuse): its own stream, one
 // device allocation for all of its tensors, host -> device copies, the kernel, device -> host
 // copies, a stream synchronisation. Calls from many threads run concurrently on their streams.
 //
@@ -91,6 +91,35 @@ int64_t LseCount(const AttentionShape& s) {
   return s.packed ? s.lse_elements() : int64_t{s.batch} * s.heads_q * s.max_seqlen_q;
 }
 
+// What every call checks before it touches the device: the shape (CheckShape) and a resolved scale.
+absl::Status CheckCall(const AttentionShape* shape, const AttentionOptions& options) {
+  if (shape == nullptr) return absl::InvalidArgumentError("shape is missing");
+  if (absl::Status st = CheckShape(*shape); !st.ok()) return st;
+  if (!(std::isfinite(options.softmax_scale) && options.softmax_scale != 0.f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("softmax_scale ", options.softmax_scale, " must be finite and resolved (non-zero)"));
+  }
+  return absl::OkStatus();
+}
+
+// The sizes and options the forward and backward Params share (same field names in both).
+template <typename Params>
+void DescribeProblem(Params& p, const AttentionShape& s, const AttentionOptions& options, DType dtype) {
+  p.dtype = ToElementType(dtype);
+  p.batch = s.batch;
+  p.heads_q = s.heads_q;
+  p.heads_kv = s.heads_kv;
+  p.head_dim = s.head_dim;
+  p.max_seqlen_q = s.max_seqlen_q;
+  p.max_seqlen_k = s.max_seqlen_k;
+  p.total_q = s.total_q;
+  p.total_k = s.total_k;
+  p.lse_packed = s.packed;
+  p.causal = options.causal;
+  p.softmax_scale = options.softmax_scale;
+  kernels::SetContiguousStrides(p);
+}
+
 // One device allocation carved into 256-byte-aligned pieces; freed (after the stream is done)
 // when the request ends, whatever the path out.
 class RequestMemory {
@@ -145,116 +174,16 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Forward(const ForwardArgs& args) override;
-  absl::Status Backward(const BackwardArgs& args) override { return RunBackward(args); }
+  absl::Status Backward(const BackwardArgs& args) override;
 
  private:
-  // ---------------------------------------------------------------------------------------------
-  // BACKWARD (issue 4): kernels/include/attnd/kernels/flash_bwd.h, same request pattern as
-  // Forward. Deterministic when the request asks for it or the daemon forces it
-  // (CudaBackendOptions::deterministic).
-  absl::Status RunBackward(const BackwardArgs& args) {
-    if (args.shape == nullptr) return absl::InvalidArgumentError("shape is missing");
-    const AttentionShape& s = *args.shape;
-    if (absl::Status st = CheckShape(s); !st.ok()) return st;
-    if (!(std::isfinite(args.options.softmax_scale) && args.options.softmax_scale != 0.f)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("softmax_scale ", args.options.softmax_scale, " must be finite and resolved (non-zero)"));
-    }
-    if (s.batch == 0 || (s.total_q == 0 && s.total_k == 0)) return absl::OkStatus();
-    if (s.total_q > 0 && (args.q == nullptr || args.out == nullptr || args.lse == nullptr ||
-                          args.grad_out == nullptr || args.grad_q == nullptr)) {
-      return absl::InvalidArgumentError("q, out, lse, grad_out and grad_q buffers are required");
-    }
-    if (s.total_k > 0 && (args.k == nullptr || args.v == nullptr || args.grad_k == nullptr || args.grad_v == nullptr)) {
-      return absl::InvalidArgumentError("k, v, grad_k and grad_v buffers are required");
-    }
-
-    ATTND_RETURN_IF_CUDA(cudaSetDevice(options_.device), "cudaSetDevice");
-    const size_t es = ElementSize(args.dtype);
-    const size_t q_bytes = size_t(s.q_elements()) * es, kv_bytes = size_t(s.kv_elements()) * es;
-    const size_t lse_bytes = size_t(LseCount(s)) * sizeof(float);
-    const size_t cu_bytes = s.cu_seqlens_q.size() * sizeof(int32_t);
-
-    kernels::FlashBwdParams p;
-    p.dtype = ToElementType(args.dtype);
-    p.batch = s.batch;
-    p.heads_q = s.heads_q;
-    p.heads_kv = s.heads_kv;
-    p.head_dim = s.head_dim;
-    p.max_seqlen_q = s.max_seqlen_q;
-    p.max_seqlen_k = s.max_seqlen_k;
-    p.total_q = s.total_q;
-    p.total_k = s.total_k;
-    p.lse_packed = s.packed;
-    p.causal = args.options.causal;
-    p.softmax_scale = args.options.softmax_scale;
-    p.deterministic = args.options.deterministic || options_.deterministic;
-    kernels::SetContiguousStrides(p);
-
-    RequestMemory mem;
-    const size_t q_at = mem.Reserve(q_bytes), k_at = mem.Reserve(kv_bytes), v_at = mem.Reserve(kv_bytes);
-    const size_t out_at = mem.Reserve(q_bytes), do_at = mem.Reserve(q_bytes), lse_at = mem.Reserve(lse_bytes);
-    const size_t dq_at = mem.Reserve(q_bytes), dk_at = mem.Reserve(kv_bytes), dv_at = mem.Reserve(kv_bytes);
-    const size_t cq_at = mem.Reserve(cu_bytes), ck_at = mem.Reserve(cu_bytes);
-    const size_t ws_at = mem.Reserve(kernels::FlashBwdWorkspaceBytes(p));
-    if (absl::Status st = CudaStatus(mem.Allocate(), "allocating device memory for the request"); !st.ok()) {
-      cudaGetLastError();  // out-of-memory is not sticky: clear it for the next request
-      return st;
-    }
-    p.q = mem.at(q_at);
-    p.k = mem.at(k_at);
-    p.v = mem.at(v_at);
-    p.out = mem.at(out_at);
-    p.grad_out = mem.at(do_at);
-    p.lse = static_cast<const float*>(mem.at(lse_at));
-    p.grad_q = mem.at(dq_at);
-    p.grad_k = mem.at(dk_at);
-    p.grad_v = mem.at(dv_at);
-    p.cu_seqlens_q = static_cast<const int32_t*>(mem.at(cq_at));
-    p.cu_seqlens_k = static_cast<const int32_t*>(mem.at(ck_at));
-
-    Stream stream;
-    ATTND_RETURN_IF_CUDA(stream.Create(), "creating a stream");
-    const cudaStream_t st = stream.get();
-    auto h2d = [&](size_t at, const void* src, size_t bytes) {
-      return bytes == 0 ? cudaSuccess : cudaMemcpyAsync(mem.at(at), src, bytes, cudaMemcpyHostToDevice, st);
-    };
-    ATTND_RETURN_IF_CUDA(h2d(q_at, args.q, q_bytes), "copying q");
-    ATTND_RETURN_IF_CUDA(h2d(k_at, args.k, kv_bytes), "copying k");
-    ATTND_RETURN_IF_CUDA(h2d(v_at, args.v, kv_bytes), "copying v");
-    ATTND_RETURN_IF_CUDA(h2d(out_at, args.out, q_bytes), "copying out");
-    ATTND_RETURN_IF_CUDA(h2d(do_at, args.grad_out, q_bytes), "copying grad_out");
-    ATTND_RETURN_IF_CUDA(h2d(lse_at, args.lse, lse_bytes), "copying lse");
-    ATTND_RETURN_IF_CUDA(h2d(cq_at, s.cu_seqlens_q.data(), cu_bytes), "copying cu_seqlens_q");
-    ATTND_RETURN_IF_CUDA(h2d(ck_at, s.cu_seqlens_k.data(), cu_bytes), "copying cu_seqlens_k");
-    ATTND_RETURN_IF_CUDA(kernels::FlashBwd(p, mem.at(ws_at), st), "launching the backward kernels");
-    if (q_bytes) {
-      ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(args.grad_q, mem.at(dq_at), q_bytes, cudaMemcpyDeviceToHost, st),
-                           "copying grad_q");
-    }
-    if (kv_bytes) {
-      ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(args.grad_k, mem.at(dk_at), kv_bytes, cudaMemcpyDeviceToHost, st),
-                           "copying grad_k");
-      ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(args.grad_v, mem.at(dv_at), kv_bytes, cudaMemcpyDeviceToHost, st),
-                           "copying grad_v");
-    }
-    ATTND_RETURN_IF_CUDA(cudaStreamSynchronize(st), "running the backward pass");
-    return absl::OkStatus();
-  }
-  // ---------------------------------------------------------------------------------------------
-
   CudaBackendOptions options_;
   DeviceDescription device_;
 };
 
 absl::Status CudaBackend::Forward(const ForwardArgs& args) {
-  if (args.shape == nullptr) return absl::InvalidArgumentError("shape is missing");
+  if (absl::Status st = CheckCall(args.shape, args.options); !st.ok()) return st;
   const AttentionShape& s = *args.shape;
-  if (absl::Status st = CheckShape(s); !st.ok()) return st;
-  if (!(std::isfinite(args.options.softmax_scale) && args.options.softmax_scale != 0.f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("softmax_scale ", args.options.softmax_scale, " must be finite and resolved (non-zero)"));
-  }
   if (s.batch == 0 || s.total_q == 0) return absl::OkStatus();
   if ((args.q == nullptr) || (args.out == nullptr) || (args.lse == nullptr) ||
       (s.total_k > 0 && (args.k == nullptr || args.v == nullptr))) {
@@ -268,19 +197,7 @@ absl::Status CudaBackend::Forward(const ForwardArgs& args) {
   const size_t cu_bytes = s.cu_seqlens_q.size() * sizeof(int32_t);
 
   kernels::FlashFwdParams p;
-  p.dtype = ToElementType(args.dtype);
-  p.batch = s.batch;
-  p.heads_q = s.heads_q;
-  p.heads_kv = s.heads_kv;
-  p.head_dim = s.head_dim;
-  p.max_seqlen_q = s.max_seqlen_q;
-  p.max_seqlen_k = s.max_seqlen_k;
-  p.total_q = s.total_q;
-  p.total_k = s.total_k;
-  p.lse_packed = s.packed;
-  p.causal = args.options.causal;
-  p.softmax_scale = args.options.softmax_scale;
-  kernels::SetContiguousStrides(p);
+  DescribeProblem(p, s, args.options, args.dtype);
 
   RequestMemory mem;
   const size_t q_at = mem.Reserve(q_bytes), k_at = mem.Reserve(kv_bytes), v_at = mem.Reserve(kv_bytes);
@@ -317,6 +234,80 @@ absl::Status CudaBackend::Forward(const ForwardArgs& args) {
   ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(args.lse, mem.at(lse_at), lse_bytes, cudaMemcpyDeviceToHost, st),
                        "copying lse");
   ATTND_RETURN_IF_CUDA(cudaStreamSynchronize(st), "running the forward pass");
+  return absl::OkStatus();
+}
+
+// Deterministic when the request asks for it or the daemon forces it (CudaBackendOptions::deterministic).
+absl::Status CudaBackend::Backward(const BackwardArgs& args) {
+  if (absl::Status st = CheckCall(args.shape, args.options); !st.ok()) return st;
+  const AttentionShape& s = *args.shape;
+  if (s.batch == 0 || (s.total_q == 0 && s.total_k == 0)) return absl::OkStatus();
+  if (s.total_q > 0 && (args.q == nullptr || args.out == nullptr || args.lse == nullptr ||
+                        args.grad_out == nullptr || args.grad_q == nullptr)) {
+    return absl::InvalidArgumentError("q, out, lse, grad_out and grad_q buffers are required");
+  }
+  if (s.total_k > 0 && (args.k == nullptr || args.v == nullptr || args.grad_k == nullptr || args.grad_v == nullptr)) {
+    return absl::InvalidArgumentError("k, v, grad_k and grad_v buffers are required");
+  }
+
+  ATTND_RETURN_IF_CUDA(cudaSetDevice(options_.device), "cudaSetDevice");
+  const size_t es = ElementSize(args.dtype);
+  const size_t q_bytes = size_t(s.q_elements()) * es, kv_bytes = size_t(s.kv_elements()) * es;
+  const size_t lse_bytes = size_t(LseCount(s)) * sizeof(float);
+  const size_t cu_bytes = s.cu_seqlens_q.size() * sizeof(int32_t);
+
+  kernels::FlashBwdParams p;
+  DescribeProblem(p, s, args.options, args.dtype);
+  p.deterministic = args.options.deterministic || options_.deterministic;
+
+  RequestMemory mem;
+  const size_t q_at = mem.Reserve(q_bytes), k_at = mem.Reserve(kv_bytes), v_at = mem.Reserve(kv_bytes);
+  const size_t out_at = mem.Reserve(q_bytes), do_at = mem.Reserve(q_bytes), lse_at = mem.Reserve(lse_bytes);
+  const size_t dq_at = mem.Reserve(q_bytes), dk_at = mem.Reserve(kv_bytes), dv_at = mem.Reserve(kv_bytes);
+  const size_t cq_at = mem.Reserve(cu_bytes), ck_at = mem.Reserve(cu_bytes);
+  const size_t ws_at = mem.Reserve(kernels::FlashBwdWorkspaceBytes(p));
+  if (absl::Status st = CudaStatus(mem.Allocate(), "allocating device memory for the request"); !st.ok()) {
+    cudaGetLastError();  // out-of-memory is not sticky: clear it for the next request
+    return st;
+  }
+  p.q = mem.at(q_at);
+  p.k = mem.at(k_at);
+  p.v = mem.at(v_at);
+  p.out = mem.at(out_at);
+  p.grad_out = mem.at(do_at);
+  p.lse = static_cast<const float*>(mem.at(lse_at));
+  p.grad_q = mem.at(dq_at);
+  p.grad_k = mem.at(dk_at);
+  p.grad_v = mem.at(dv_at);
+  p.cu_seqlens_q = static_cast<const int32_t*>(mem.at(cq_at));
+  p.cu_seqlens_k = static_cast<const int32_t*>(mem.at(ck_at));
+
+  Stream stream;
+  ATTND_RETURN_IF_CUDA(stream.Create(), "creating a stream");
+  const cudaStream_t st = stream.get();
+  auto h2d = [&](size_t at, const void* src, size_t bytes) {
+    return bytes == 0 ? cudaSuccess : cudaMemcpyAsync(mem.at(at), src, bytes, cudaMemcpyHostToDevice, st);
+  };
+  ATTND_RETURN_IF_CUDA(h2d(q_at, args.q, q_bytes), "copying q");
+  ATTND_RETURN_IF_CUDA(h2d(k_at, args.k, kv_bytes), "copying k");
+  ATTND_RETURN_IF_CUDA(h2d(v_at, args.v, kv_bytes), "copying v");
+  ATTND_RETURN_IF_CUDA(h2d(out_at, args.out, q_bytes), "copying out");
+  ATTND_RETURN_IF_CUDA(h2d(do_at, args.grad_out, q_bytes), "copying grad_out");
+  ATTND_RETURN_IF_CUDA(h2d(lse_at, args.lse, lse_bytes), "copying lse");
+  ATTND_RETURN_IF_CUDA(h2d(cq_at, s.cu_seqlens_q.data(), cu_bytes), "copying cu_seqlens_q");
+  ATTND_RETURN_IF_CUDA(h2d(ck_at, s.cu_seqlens_k.data(), cu_bytes), "copying cu_seqlens_k");
+  ATTND_RETURN_IF_CUDA(kernels::FlashBwd(p, mem.at(ws_at), st), "launching the backward kernels");
+  if (q_bytes) {
+    ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(args.grad_q, mem.at(dq_at), q_bytes, cudaMemcpyDeviceToHost, st),
+                         "copying grad_q");
+  }
+  if (kv_bytes) {
+    ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(args.grad_k, mem.at(dk_at), kv_bytes, cudaMemcpyDeviceToHost, st),
+                         "copying grad_k");
+    ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(args.grad_v, mem.at(dv_at), kv_bytes, cudaMemcpyDeviceToHost, st),
+                         "copying grad_v");
+  }
+  ATTND_RETURN_IF_CUDA(cudaStreamSynchronize(st), "running the backward pass");
   return absl::OkStatus();
 }
 
