@@ -19,36 +19,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "attnd/kernels/flash_fwd.h"
 
 namespace {
 
+using attnd::bench::ParseInts;
+using attnd::bench::ParseStrings;
 using attnd::kernels::ElementType;
-
-#define CHECK_CUDA(expr)                                                                          \
-  do {                                                                                            \
-    cudaError_t e_ = (expr);                                                                      \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));  \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
-
-std::vector<int> ParseInts(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(std::stoi(item));
-  return v;
-}
-
-std::vector<std::string> ParseStrings(const std::string& s) {
-  std::vector<std::string> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(item);
-  return v;
-}
 
 struct Options {
   std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
@@ -146,9 +124,6 @@ int main(int argc, char** argv) {
   }
   std::fprintf(csv, "impl,device,dtype,head_dim,causal,seqlen,batch,heads,median_ms,min_ms,tflops,alloc_bytes\n");
 
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
 
   for (const std::string& dt : o.dtypes) {
     const bool bf16 = dt == "bf16";
@@ -191,21 +166,13 @@ int main(int argc, char** argv) {
             p.lse = s.lse;
             CHECK_CUDA(attnd::kernels::FlashFwd(p, nullptr, nullptr));
           };
-          for (int i = 0; i < o.warmup; ++i) launch(sets[i % sets.size()]);
-          std::vector<float> ms(o.iters);
-          for (int i = 0; i < o.iters; ++i) {
-            CHECK_CUDA(cudaEventRecord(start));
-            launch(sets[i % sets.size()]);
-            CHECK_CUDA(cudaEventRecord(stop));
-            CHECK_CUDA(cudaEventSynchronize(stop));
-            CHECK_CUDA(cudaEventElapsedTime(&ms[i], start, stop));
-          }
-          std::sort(ms.begin(), ms.end());
-          const double median = ms[ms.size() / 2];
+          const attnd::bench::Timing t = attnd::bench::TimeRotated(
+              [&](int set) { launch(sets[set]); }, static_cast<int>(sets.size()), o.warmup, o.iters);
+          const double median = t.median_ms;
           const double flops = 4.0 * batch * heads * double(n) * n * d * (causal ? 0.5 : 1.0);
           const size_t alloc = 4 * bytes + size_t(batch) * heads * n * sizeof(float) + (batch + 1) * 8;
           std::fprintf(csv, "ours,%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.1f,%zu\n", prop.name, dt.c_str(), d, causal, n, batch,
-                       heads, median, ms.front(), flops / (median * 1e-3) / 1e12, alloc);
+                       heads, median, t.min_ms, flops / (median * 1e-3) / 1e12, alloc);
           std::fflush(csv);
           std::fprintf(stderr, "%s d=%d causal=%d N=%5d: %8.3f ms  %6.1f TFLOP/s\n", dt.c_str(), d, causal, n, median,
                        flops / (median * 1e-3) / 1e12);

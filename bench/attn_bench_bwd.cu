@@ -22,28 +22,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "attnd/kernels/flash_bwd.h"
 
 namespace {
 
+using attnd::bench::ParseInts;
+using attnd::bench::ParseStrings;
 using attnd::kernels::ElementType;
-
-#define CHECK_CUDA(expr)                                                                         \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
-
-std::vector<int> ParseInts(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(std::stoi(item));
-  return v;
-}
 
 struct Options {
   std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
@@ -168,9 +154,6 @@ int main(int argc, char** argv) {
   }
   std::fprintf(csv, "impl,device,dtype,head_dim,causal,deterministic,seqlen,batch,heads,median_ms,min_ms,tflops\n");
 
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
 
   for (int d : o.dims)
     for (int causal : o.causal)
@@ -212,22 +195,13 @@ int main(int argc, char** argv) {
             p.grad_v = s.dv;
             CHECK_CUDA(attnd::kernels::FlashBwd(p, ws, nullptr));
           };
-          for (int i = 0; i < o.warmup; ++i) launch(sets[i % sets.size()]);
-          CHECK_CUDA(cudaDeviceSynchronize());
-          std::vector<float> ms(o.iters);
-          for (int i = 0; i < o.iters; ++i) {
-            CHECK_CUDA(cudaEventRecord(start));
-            launch(sets[i % sets.size()]);
-            CHECK_CUDA(cudaEventRecord(stop));
-            CHECK_CUDA(cudaEventSynchronize(stop));
-            CHECK_CUDA(cudaEventElapsedTime(&ms[i], start, stop));
-          }
+          const attnd::bench::Timing t = attnd::bench::TimeRotated(
+              [&](int set) { launch(sets[set]); }, static_cast<int>(sets.size()), o.warmup, o.iters);
           CHECK_CUDA(cudaFree(ws));
-          std::sort(ms.begin(), ms.end());
-          const double median = ms[ms.size() / 2];
+          const double median = t.median_ms;
           const double flops = 2.5 * 4.0 * batch * heads * double(n) * n * d * (causal ? 0.5 : 1.0);
           std::fprintf(csv, "ours,%s,%s,%d,%d,%d,%d,%d,%d,%.4f,%.4f,%.1f\n", prop.name, o.dtype.c_str(), d, causal, det, n,
-                       batch, heads, median, ms.front(), flops / (median * 1e-3) / 1e12);
+                       batch, heads, median, t.min_ms, flops / (median * 1e-3) / 1e12);
           std::fflush(csv);
           std::fprintf(stderr, "%s d=%d causal=%d det=%d N=%5d: %8.3f ms  %6.1f TFLOP/s  (workspace %.1f MiB)\n",
                        o.dtype.c_str(), d, causal, det, n, median, flops / (median * 1e-3) / 1e12, ws_bytes / 1048576.0);

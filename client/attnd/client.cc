@@ -20,8 +20,17 @@ int Milliseconds(absl::Duration d) {
   return ms > INT32_MAX ? INT32_MAX : static_cast<int>(ms);
 }
 
-grpc::ChannelArguments ChannelArgumentsFor(const ClientOptions& options) {
+// A non-negative duration in gRPC's service-config (protobuf JSON) form: "0.050000000s".
+std::string ProtoDuration(absl::Duration d) {
+  const int64_t ns = absl::ToInt64Nanoseconds(d);
+  return absl::StrCat(ns / 1000000000, ".", absl::Dec(ns % 1000000000, absl::kZeroPad9), "s");
+}
+
+grpc::ChannelArguments ChannelArgumentsFor(const ClientOptions& options, const std::string& service_config) {
   grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(service_config);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.retry_unavailable ? 1 : 0);
+  if (options.retry_unavailable) args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, options.retry_buffer_bytes);
   args.SetMaxSendMessageSize(options.max_send_message_bytes);
   args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   if (options.keepalive_time > absl::ZeroDuration() && Finite(options.keepalive_time)) {
@@ -100,6 +109,35 @@ std::shared_ptr<PendingCall> StartAsync(std::shared_ptr<grpc::Channel> channel,
 
 }  // namespace
 
+absl::StatusOr<std::string> ServiceConfigJson(const ClientOptions& options) {
+  if (options.load_balancing_policy != "round_robin" && options.load_balancing_policy != "pick_first") {
+    return absl::InvalidArgumentError(absl::StrCat("ClientOptions.load_balancing_policy must be round_robin or "
+                                                   "pick_first, not \"", options.load_balancing_policy, "\""));
+  }
+  std::string config = absl::StrCat("{\"loadBalancingConfig\":[{\"", options.load_balancing_policy, "\":{}}]");
+  if (options.retry_unavailable) {
+    if (options.retry_max_attempts < 2 || options.retry_max_attempts > 5) {
+      return absl::InvalidArgumentError(absl::StrCat("ClientOptions.retry_max_attempts must be in [2, 5], not ",
+                                                     options.retry_max_attempts));
+    }
+    if (options.retry_initial_backoff <= absl::ZeroDuration() ||
+        options.retry_max_backoff < options.retry_initial_backoff || !Finite(options.retry_max_backoff)) {
+      return absl::InvalidArgumentError(
+          "ClientOptions.retry_initial_backoff must be > 0 and <= retry_max_backoff, which must be finite");
+    }
+    if (options.retry_buffer_bytes < 0) {
+      return absl::InvalidArgumentError("ClientOptions.retry_buffer_bytes must be >= 0");
+    }
+    absl::StrAppend(&config, ",\"methodConfig\":[{\"name\":[{\"service\":\"", v1::Attention::service_full_name(),
+                    "\"}],\"retryPolicy\":{\"maxAttempts\":", options.retry_max_attempts,
+                    ",\"initialBackoff\":\"", ProtoDuration(options.retry_initial_backoff),
+                    "\",\"maxBackoff\":\"", ProtoDuration(options.retry_max_backoff),
+                    "\",\"backoffMultiplier\":2,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]");
+  }
+  absl::StrAppend(&config, "}");
+  return config;
+}
+
 Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
     : options_(std::move(options)), channel_(std::move(channel)), stub_(v1::Attention::NewStub(channel_)) {}
 
@@ -109,8 +147,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   if (options.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
   std::shared_ptr<grpc::ChannelCredentials> credentials =
       options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
+  absl::StatusOr<std::string> service_config = ServiceConfigJson(options);
+  if (!service_config.ok()) return service_config.status();
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, credentials, ChannelArgumentsFor(options));
+      grpc::CreateCustomChannel(options.target, credentials, ChannelArgumentsFor(options, *service_config));
   if (channel == nullptr) return absl::InternalError(absl::StrCat("could not create a channel to ", options.target));
   std::unique_ptr<Client> client(new Client(options, std::move(channel)));
   if (options.connect_timeout > absl::ZeroDuration()) {

@@ -54,6 +54,25 @@ struct ClientOptions {
   // Give this client its own TCP connection instead of sharing one with other clients of the same
   // target in this process (gRPC shares them by default). Load generators want their own.
   bool dedicated_connection = false;
+  // Scale-out. The target may name several daemons: "ipv4:127.0.0.1:7100,127.0.0.1:7101" or a DNS
+  // name with several A records, e.g. a Kubernetes headless Service, "dns:///attnd:7100".
+  // "round_robin" keeps a connection to every address and spreads calls over the ready ones;
+  // "pick_first" uses one address at a time. Both are set through the channel's service config
+  // (so a "grpc.service_config" in channel_args replaces them).
+  std::string load_balancing_policy = "round_robin";
+  // Calls of attnd.v1.Attention that fail with UNAVAILABLE (a daemon draining or gone, a
+  // connection lost before the daemon answered) are retried on a ready address, up to
+  // retry_max_attempts attempts in all (2..5; gRPC caps it at 5), with exponential backoff from
+  // retry_initial_backoff to retry_max_backoff. Every retry stays within the call's deadline; the
+  // last attempt's status is returned. A call the daemon has begun answering is never retried.
+  bool retry_unavailable = true;
+  int retry_max_attempts = 4;
+  absl::Duration retry_initial_backoff = absl::Milliseconds(50);
+  absl::Duration retry_max_backoff = absl::Seconds(1);
+  // gRPC keeps a copy of each request so that it can be sent again, up to this many bytes per call;
+  // a larger request is sent once and not retried (gRPC's default, 256 KiB, would exclude almost
+  // every attention payload).
+  int retry_buffer_bytes = 64 << 20;
   // Null: plaintext (insecure) credentials.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   // Further channel arguments ("grpc.*" keys), applied after the ones above.
@@ -67,6 +86,10 @@ struct CallOptions {
   std::optional<bool> wait_for_ready = std::nullopt;  // unset: ClientOptions::wait_for_ready
 };
 
+// The gRPC service config (JSON) that `options` asks for: load_balancing_policy and, when
+// retry_unavailable, the retry policy of attnd.v1.Attention. INVALID_ARGUMENT names a bad option.
+absl::StatusOr<std::string> ServiceConfigJson(const ClientOptions& options);
+
 template <typename Response>
 using ResponseCallback = std::function<void(absl::StatusOr<Response>)>;
 
@@ -74,7 +97,7 @@ class Client {
  public:
   // Builds the channel and, when options.connect_timeout > 0, waits for it to be ready:
   // UNAVAILABLE (naming the target) if the daemon cannot be reached in that time,
-  // INVALID_ARGUMENT if the target is empty.
+  // INVALID_ARGUMENT if the target is empty or the load-balancing / retry options are invalid.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   Client(const Client&) = delete;
