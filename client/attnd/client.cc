@@ -132,7 +132,8 @@ absl::StatusOr<std::string> ServiceConfigJson(const ClientOptions& options) {
                     "\"}],\"retryPolicy\":{\"maxAttempts\":", options.retry_max_attempts,
                     ",\"initialBackoff\":\"", ProtoDuration(options.retry_initial_backoff),
                     "\",\"maxBackoff\":\"", ProtoDuration(options.retry_max_backoff),
-                    "\",\"backoffMultiplier\":2,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]");
+                    "\",\"backoffMultiplier\":2,\"retryableStatusCodes\":[\"UNAVAILABLE\"",
+                    options.retry_cancelled_by_server ? ",\"CANCELLED\"" : "", "]}}]");
   }
   absl::StrAppend(&config, "}");
   return config;

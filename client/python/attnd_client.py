@@ -27,10 +27,14 @@ np.frombuffer views of the response's bytes: no copy at all.
 
 Options mirror the C++ client's ClientOptions (client/attnd/client.h): target, default_timeout
 (per-call deadline, None for none), connect_timeout (0: connect lazily), max_send/receive message
-bytes (-1: unlimited), keepalive, wait_for_ready, and further grpc.* channel arguments.
+bytes (-1: unlimited), keepalive, wait_for_ready, and further grpc.* channel arguments; and for
+scale-out load_balancing ("round_robin" over every address of a multi-address or DNS target,
+"pick_first", or None for no service config) and retry (UNAVAILABLE retried up to
+retry_max_attempts; retry=False turns it off).
 """
 
 import importlib
+import json
 import os
 import sys
 
@@ -82,15 +86,41 @@ def bf16_bits_to_float32(bits):
     return (np.ascontiguousarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
+def service_config(load_balancing="round_robin", retry=True, retry_max_attempts=4):
+    """The gRPC service config the C++ client sets (client/attnd/client.h): load_balancing over the
+    addresses the target resolves to ("ipv4:h:p1,h:p2", "dns:///headless-service:7100"), and with
+    `retry` a retry of attnd.v1.Attention calls failing UNAVAILABLE (or CANCELLED by a daemon that
+    stops) with backoff 0.05 s .. 1 s; attention calls are pure, so a retry is safe."""
+    if load_balancing not in ("round_robin", "pick_first"):
+        raise ValueError(f"load_balancing must be round_robin or pick_first, not {load_balancing!r}")
+    config = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if retry:
+        if not 2 <= retry_max_attempts <= 5:
+            raise ValueError(f"retry_max_attempts must be in [2, 5], not {retry_max_attempts}")
+        config["methodConfig"] = [{
+            "name": [{"service": "attnd.v1.Attention"}],
+            "retryPolicy": {"maxAttempts": int(retry_max_attempts), "initialBackoff": "0.05s", "maxBackoff": "1s",
+                            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]
+    return json.dumps(config)
+
+
 def channel_options(max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
-                    keepalive_timeout=20.0, extra=()):
-    """grpc channel arguments for ClientOptions-like settings (seconds; None/0 disables keepalive)."""
+                    keepalive_timeout=20.0, extra=(), load_balancing="round_robin", retry=True,
+                    retry_max_attempts=4, retry_buffer_bytes=64 << 20):
+    """grpc channel arguments for ClientOptions-like settings (seconds; None/0 disables keepalive).
+    load_balancing=None sets no service config at all (gRPC's pick_first, no retry policy)."""
     # gRPC's default receive limit is 4 MiB: far too small for attention tensors.
     options = [("grpc.max_send_message_length", int(max_send_message_bytes)),
                ("grpc.max_receive_message_length", int(max_receive_message_bytes))]
     if keepalive_time:
         options += [("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
                     ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000))]
+    if load_balancing is not None:
+        options.append(("grpc.service_config", service_config(load_balancing, retry, retry_max_attempts)))
+    options.append(("grpc.enable_retries", 1 if retry else 0))
+    if retry:
+        # gRPC keeps each request to send it again only up to this size (default 256 KiB).
+        options.append(("grpc.per_rpc_retry_buffer_size", int(retry_buffer_bytes)))
     return options + list(extra)
 
 
@@ -165,14 +195,16 @@ class AttndClient(_Messages):
 
     def __init__(self, target, stubs_dir, proto_root=DEFAULT_PROTO_ROOT, timeout=60.0, connect_timeout=10.0,
                  max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
-                 keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None):
+                 keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None,
+                 load_balancing="round_robin", retry=True, retry_max_attempts=4):
         pb2, pb2_grpc = load_stubs(stubs_dir, proto_root)
         self._init_messages(pb2)
         self.target = target
         self.default_timeout = timeout
         self.wait_for_ready = wait_for_ready
         options = channel_options(max_send_message_bytes, max_receive_message_bytes, keepalive_time,
-                                  keepalive_timeout, channel_args)
+                                  keepalive_timeout, channel_args, load_balancing=load_balancing, retry=retry,
+                                  retry_max_attempts=retry_max_attempts)
         self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials
                         else grpc.insecure_channel(target, options=options))
         if connect_timeout:
@@ -221,7 +253,8 @@ class AsyncAttndClient(_Messages):
 
     def __init__(self, target, stubs_dir, proto_root=DEFAULT_PROTO_ROOT, timeout=60.0, connect_timeout=10.0,
                  max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
-                 keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None):
+                 keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None,
+                 load_balancing="round_robin", retry=True, retry_max_attempts=4):
         pb2, pb2_grpc = load_stubs(stubs_dir, proto_root)
         self._init_messages(pb2)
         self.target = target
@@ -229,7 +262,8 @@ class AsyncAttndClient(_Messages):
         self.connect_timeout = connect_timeout
         self.wait_for_ready = wait_for_ready
         options = channel_options(max_send_message_bytes, max_receive_message_bytes, keepalive_time,
-                                  keepalive_timeout, channel_args)
+                                  keepalive_timeout, channel_args, load_balancing=load_balancing, retry=retry,
+                                  retry_max_attempts=retry_max_attempts)
         self.channel = (grpc.aio.secure_channel(target, credentials, options=options) if credentials
                         else grpc.aio.insecure_channel(target, options=options))
         self.stub = pb2_grpc.AttentionStub(self.channel)
