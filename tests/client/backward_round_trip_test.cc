@@ -21,20 +21,7 @@ double GradTolerance(DType dtype) {
   return 0;
 }
 
-class BackwardRoundTrip : public ::testing::TestWithParam<AttentionCase> {
- protected:
-  static void SetUpTestSuite() {
-    loopback_ = new Loopback;
-    StartLoopback(CreateCpuBackend(2), 2, loopback_);
-  }
-  static void TearDownTestSuite() {
-    delete loopback_;
-    loopback_ = nullptr;
-  }
-  static Loopback* loopback_;
-};
-
-Loopback* BackwardRoundTrip::loopback_ = nullptr;
+class BackwardRoundTrip : public CpuLoopbackSuite {};
 
 TEST_P(BackwardRoundTrip, MatchesFloat64Oracle) {
   ASSERT_NE(loopback_->client, nullptr);

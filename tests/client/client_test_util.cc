@@ -5,6 +5,7 @@
 #include <random>
 
 #include "client/attnd/tensors.h"
+#include "server/backends/cpu/cpu_backend.h"
 
 namespace attnd::testing {
 
@@ -81,6 +82,18 @@ void StartLoopback(std::unique_ptr<Backend> backend, int workers, Loopback* loop
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(OptionsFor(loopback->server->address()));
   ASSERT_TRUE(client.ok()) << client.status();
   loopback->client = std::move(*client);
+}
+
+Loopback* CpuLoopbackSuite::loopback_ = nullptr;
+
+void CpuLoopbackSuite::SetUpTestSuite() {
+  loopback_ = new Loopback;
+  StartLoopback(CreateCpuBackend(2), 2, loopback_);
+}
+
+void CpuLoopbackSuite::TearDownTestSuite() {
+  delete loopback_;
+  loopback_ = nullptr;
 }
 
 }  // namespace attnd::testing

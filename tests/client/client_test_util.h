@@ -13,6 +13,7 @@
 #include "server/backend.h"
 #include "server/core/attention_problem.h"
 #include "server/service/attention_server.h"
+#include "tests/client/attention_case.h"
 
 namespace attnd::testing {
 
@@ -37,6 +38,15 @@ struct Loopback {
   std::unique_ptr<Client> client;
 };
 void StartLoopback(std::unique_ptr<Backend> backend, int workers, Loopback* loopback);
+
+// A parameterized suite whose cases share one daemon on loopback (CPU backend, 2 threads, 2
+// workers), started once per suite: starting a server per case would dominate the run time.
+class CpuLoopbackSuite : public ::testing::TestWithParam<AttentionCase> {
+ protected:
+  static void SetUpTestSuite();
+  static void TearDownTestSuite();
+  static Loopback* loopback_;
+};
 
 // ClientOptions for `address` with a 10 s connect timeout.
 ClientOptions OptionsFor(const std::string& address);

@@ -10,20 +10,7 @@
 namespace attnd::testing {
 namespace {
 
-class ForwardRoundTrip : public ::testing::TestWithParam<AttentionCase> {
- protected:
-  static void SetUpTestSuite() {
-    loopback_ = new Loopback;
-    StartLoopback(CreateCpuBackend(2), 2, loopback_);
-  }
-  static void TearDownTestSuite() {
-    delete loopback_;
-    loopback_ = nullptr;
-  }
-  static Loopback* loopback_;
-};
-
-Loopback* ForwardRoundTrip::loopback_ = nullptr;
+class ForwardRoundTrip : public CpuLoopbackSuite {};
 
 TEST_P(ForwardRoundTrip, MatchesFloat64Oracle) {
   ASSERT_NE(loopback_->client, nullptr);
