@@ -1,0 +1,42 @@
+// The Hopper (sm_90a) forward kernel's host interface inside kernels/: what the dispatcher in
+// flash_fwd.cu calls, and the kernel's launch arguments.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include "attnd/kernels/flash_fwd.h"
+#include "flash_fwd_args.cuh"
+
+namespace attnd::kernels::detail {
+
+// Query rows per CTA and key rows per tile: also the TMA box heights of the q and k/v maps.
+inline constexpr int kHopperBlockM = 128;
+inline constexpr int kHopperBlockN = 128;
+
+// Launch arguments: the tensor maps of q, k and v (TMA descriptors, 64-byte aligned; the kernel
+// takes the whole struct as a __grid_constant__ parameter) and the usual pointers and strides.
+struct HopperFwdArgs {
+  CUtensorMap tma_q;
+  CUtensorMap tma_k;
+  CUtensorMap tma_v;
+  FwdKernelArgs base;
+};
+
+// Schedules of the consumer warpgroups (see flash_fwd_hopper_kernel.cuh). kDefault is the
+// fastest measured; the others stay selectable (ATTND_HOPPER_SCHEDULE=0..3) for measurements.
+enum class HopperSchedule : int {
+  kSerial = 0,        // S = QK^T, softmax, O += PV, one after the other in each warpgroup
+  kPingPong = 1,      // the two consumer warpgroups take turns on the tensor cores
+  kOverlap = 2,       // softmax of tile n runs while O += P V of tile n+1 is in flight
+  kPingPongOverlap = 3,
+};
+
+// True when the Hopper kernel handles this problem (BF16/FP16, head dim 64 or 128, positive
+// softmax scale); the device check is the caller's.
+bool HopperFwdSupports(const FlashFwdParams& p);
+
+// Runs the Hopper kernel (the problem must pass HopperFwdSupports and FlashFwdCheck).
+cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& args, cudaStream_t stream);
+
+}  // namespace attnd::kernels::detail
