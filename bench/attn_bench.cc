@@ -8,7 +8,8 @@
 // shape and implementation, with the bytes this implementation allocates for it (inputs, output,
 // lse, workspace). --impls picks the kernels, timed one after the other on each shape: "ours" (the
 // default dispatch), "mma_sync", "hopper", or "hopper_sN" (the Hopper kernel with schedule N, set
-// through ATTND_HOPPER_SCHEDULE; see kernels/src/hopper/flash_fwd_hopper.h).
+// through ATTND_HOPPER_SCHEDULE; see kernels/src/hopper/flash_fwd_hopper.h), each optionally with
+// ":ATTND_HOPPER_VAR=VALUE" knobs (SelectImpl below).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -66,9 +67,17 @@ std::vector<uint16_t> RandomHalves(size_t n, bool bf16, uint32_t seed) {
 }
 
 // Points p at the kernel an --impls entry names; false for an unknown name or a kernel this device
-// cannot run.
-bool SelectImpl(const std::string& impl, attnd::kernels::FlashFwdParams& p) {
+// cannot run. An entry is a name with optional ":VAR=VALUE" suffixes that set the Hopper kernel's
+// measurement knobs (ATTND_HOPPER_*; kernels/src/hopper/flash_fwd_hopper.cu) for its launches;
+// knobs an entry does not name are unset.
+bool SelectImpl(const std::string& entry, attnd::kernels::FlashFwdParams& p) {
   using attnd::kernels::FwdKernel;
+  for (const char* knob : {"ATTND_HOPPER_SCHEDULE", "ATTND_HOPPER_GRID", "ATTND_HOPPER_TMA_STORE"}) unsetenv(knob);
+  std::vector<std::string> parts;
+  std::stringstream ss(entry);
+  for (std::string part; std::getline(ss, part, ':');) parts.push_back(part);
+  if (parts.empty()) return false;
+  const std::string& impl = parts[0];
   if (impl == "ours") {
     p.kernel = FwdKernel::kAuto;
   } else if (impl == "mma_sync") {
@@ -76,9 +85,13 @@ bool SelectImpl(const std::string& impl, attnd::kernels::FlashFwdParams& p) {
   } else if (impl == "hopper" || (impl.size() == 9 && impl.rfind("hopper_s", 0) == 0)) {
     p.kernel = FwdKernel::kHopper;
     if (impl.size() == 9) setenv("ATTND_HOPPER_SCHEDULE", impl.substr(8).c_str(), 1);
-    else unsetenv("ATTND_HOPPER_SCHEDULE");
   } else {
     return false;
+  }
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    if (eq == std::string::npos || parts[i].rfind("ATTND_HOPPER_", 0) != 0) return false;
+    setenv(parts[i].substr(0, eq).c_str(), parts[i].substr(eq + 1).c_str(), 1);
   }
   return attnd::kernels::FlashFwdSelectKernel(p) != FwdKernel::kAuto;
 }

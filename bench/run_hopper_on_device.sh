@@ -7,8 +7,9 @@
 #   BIN_TAR=path/bin.tar.xz   test/bench binaries built on the development machine (bin/ inside;
 #                             CUDA archs 90): no build on the device. Without it: build here.
 #   STEPS="test sanitize bench ncu"    (default: test sanitize bench)
-#   SCHEDULES="3 0 1 2"                Hopper schedules the tests run under (ATTND_HOPPER_SCHEDULE)
-#   IMPLS=mma_sync,hopper_s0,...       attn_bench --impls
+#   TEST_ENVS="S3 S0 ..."              Hopper test runs, one per entry: knob assignments joined by ':'
+#                                      (e.g. ATTND_HOPPER_SCHEDULE=3:ATTND_HOPPER_GRID=all)
+#   IMPLS=hopper_s3,...                attn_bench --impls
 #   BENCH_ARGS="..."                   extra attn_bench arguments (default: bf16 only)
 #   TAG=2026-11-23_h100_hopper_fwd     names the result files
 # Run from the repository root.
@@ -17,8 +18,8 @@ OUT=${OUT:-$PWD/device-out}
 LOG=$OUT/logs
 mkdir -p "$LOG"
 STEPS=${STEPS:-"test sanitize bench"}
-SCHEDULES=${SCHEDULES:-"3 0 1 2"}
-IMPLS=${IMPLS:-mma_sync,hopper_s0,hopper_s1,hopper_s2,hopper_s3}
+TEST_ENVS=${TEST_ENVS:-"ATTND_HOPPER_SCHEDULE=3 ATTND_HOPPER_SCHEDULE=0 ATTND_HOPPER_SCHEDULE=1 ATTND_HOPPER_SCHEDULE=2"}
+IMPLS=${IMPLS:-hopper_s0,hopper_s1,hopper_s2,hopper_s3}
 TAG=${TAG:-$(date +%Y-%m-%d)_h100_hopper_fwd}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 summary=()
@@ -56,7 +57,9 @@ run_sharded() {  # name binary [env...]
 }
 
 if has test; then
-  for s in $SCHEDULES; do run_sharded "hopper_test_s$s" "$BIN/flash_fwd_hopper_test" ATTND_HOPPER_SCHEDULE=$s; done
+  for e in $TEST_ENVS; do
+    run_sharded "hopper_test_$(echo "$e" | sed 's/ATTND_HOPPER_//g; s/[=:]/_/g')" "$BIN/flash_fwd_hopper_test" ${e//:/ }
+  done
   run_sharded mma_sync_test "$BIN/flash_fwd_test"
 fi
 

@@ -65,6 +65,24 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* tensor_map
       : "memory");
 }
 
+// Copies the box at (c0, c1, c2) of the tensor map from shared memory at `src` (the map's layout
+// and swizzle) to global memory; elements outside the tensor's extent are not written. Completes
+// as a bulk group of the issuing thread (bulk_commit / bulk_wait_read).
+__device__ __forceinline__ void tma_store_3d(const void* tensor_map, uint32_t src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(tensor_map),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+
+// Waits until the issuing thread's bulk groups have finished READING shared memory (the source
+// may be overwritten); the global writes may still be in flight.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+
+// Waits until the issuing thread's bulk groups have completed.
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 // Orders this thread's earlier generic-proxy shared-memory accesses before later async-proxy ones
 // (wgmma and TMA read shared memory through the async proxy).
 __device__ __forceinline__ void fence_proxy_async() {

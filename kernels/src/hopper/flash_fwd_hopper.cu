@@ -5,7 +5,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "hopper/tensor_map.h"
 
@@ -14,25 +17,39 @@ namespace hopper {
 
 // Defined in flash_fwd_hopper_hdim*.cu.
 template <typename T, int kHeadDim>
-cudaError_t run_flash_fwd_hopper(const HopperFwdArgs& args, int batch, bool causal, HopperSchedule schedule,
+cudaError_t run_flash_fwd_hopper(const HopperFwdArgs& args, int grid, bool causal, HopperSchedule schedule,
                                  cudaStream_t stream);
 
 namespace {
 
-// ATTND_HOPPER_SCHEDULE=0..3 overrides the default schedule (for measurements; read at every call
-// so that a benchmark can switch between launches).
+// Measurement knobs, read at every call so that a benchmark can switch between launches:
+//   ATTND_HOPPER_SCHEDULE=0..3   the consumers' schedule (HopperSchedule; default the fastest)
+//   ATTND_HOPPER_GRID=all        one CTA per work tile instead of a persistent grid of one per SM
+//   ATTND_HOPPER_TMA_STORE=0     plain stores for every output row
 HopperSchedule ScheduleFromEnvironment() {
   const char* s = std::getenv("ATTND_HOPPER_SCHEDULE");
   if (s != nullptr && s[0] >= '0' && s[0] <= '3' && s[1] == '\0') return static_cast<HopperSchedule>(s[0] - '0');
   return HopperSchedule::kPingPongOverlap;
 }
 
+bool EnvironmentIs(const char* name, const char* value) {
+  const char* s = std::getenv(name);
+  return s != nullptr && std::strcmp(s, value) == 0;
+}
+
+cudaError_t MultiprocessorCount(int* count) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  return cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device);
+}
+
 template <typename T>
-cudaError_t DispatchHeadDim(const FlashFwdParams& p, const HopperFwdArgs& args, cudaStream_t stream) {
+cudaError_t DispatchHeadDim(const FlashFwdParams& p, const HopperFwdArgs& args, int grid, cudaStream_t stream) {
   const HopperSchedule schedule = ScheduleFromEnvironment();
   switch (p.head_dim) {
-    case 64: return run_flash_fwd_hopper<T, 64>(args, p.batch, p.causal, schedule, stream);
-    case 128: return run_flash_fwd_hopper<T, 128>(args, p.batch, p.causal, schedule, stream);
+    case 64: return run_flash_fwd_hopper<T, 64>(args, grid, p.causal, schedule, stream);
+    case 128: return run_flash_fwd_hopper<T, 128>(args, grid, p.causal, schedule, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -48,17 +65,28 @@ bool HopperFwdSupports(const FlashFwdParams& p) {
 cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& base, cudaStream_t stream) {
   using namespace hopper;
   if (!HopperFwdSupports(p)) return cudaErrorInvalidValue;
+  const int64_t m_blocks = (p.max_seqlen_q + kHopperBlockM - 1) / kHopperBlockM;
+  const int64_t tiles = m_blocks * p.batch * p.heads_q;
+  if (tiles == 0) return cudaSuccess;
+  int sms = 0;
+  cudaError_t err = MultiprocessorCount(&sms);
+  if (err != cudaSuccess) return err;
+  const int grid = static_cast<int>(EnvironmentIs("ATTND_HOPPER_GRID", "all") ? tiles : std::min<int64_t>(tiles, sms));
+
   HopperFwdArgs args{};
   args.base = base;
+  args.batch = p.batch;
+  args.tma_store = !EnvironmentIs("ATTND_HOPPER_TMA_STORE", "0");
   const bool bf16 = p.dtype == ElementType::kBF16;
   const PackedTensor q{p.q, bf16, p.total_q, p.heads_q, p.head_dim, p.q_row_stride, p.q_head_stride};
   const PackedTensor k{p.k, bf16, p.total_k, p.heads_kv, p.head_dim, p.k_row_stride, p.k_head_stride};
   const PackedTensor v{p.v, bf16, p.total_k, p.heads_kv, p.head_dim, p.v_row_stride, p.v_head_stride};
-  cudaError_t err;
+  const PackedTensor o{p.out, bf16, p.total_q, p.heads_q, p.head_dim, p.out_row_stride, p.out_head_stride};
   if ((err = EncodeRowBoxMap(q, kHopperBlockM, &args.tma_q)) != cudaSuccess) return err;
   if ((err = EncodeRowBoxMap(k, kHopperBlockN, &args.tma_k)) != cudaSuccess) return err;
   if ((err = EncodeRowBoxMap(v, kHopperBlockN, &args.tma_v)) != cudaSuccess) return err;
-  return bf16 ? DispatchHeadDim<__nv_bfloat16>(p, args, stream) : DispatchHeadDim<__half>(p, args, stream);
+  if ((err = EncodeRowBoxMap(o, kHopperBlockM / 2, &args.tma_o)) != cudaSuccess) return err;
+  return bf16 ? DispatchHeadDim<__nv_bfloat16>(p, args, grid, stream) : DispatchHeadDim<__half>(p, args, grid, stream);
 }
 
 }  // namespace attnd::kernels::detail

@@ -14,13 +14,16 @@ namespace attnd::kernels::detail {
 inline constexpr int kHopperBlockM = 128;
 inline constexpr int kHopperBlockN = 128;
 
-// Launch arguments: the tensor maps of q, k and v (TMA descriptors, 64-byte aligned; the kernel
-// takes the whole struct as a __grid_constant__ parameter) and the usual pointers and strides.
+// Launch arguments: the tensor maps of q, k, v and out (TMA descriptors, 64-byte aligned; the
+// kernel takes the whole struct as a __grid_constant__ parameter) and the usual pointers and strides.
 struct HopperFwdArgs {
-  CUtensorMap tma_q;
-  CUtensorMap tma_k;
+  CUtensorMap tma_q;  // boxes of kHopperBlockM rows
+  CUtensorMap tma_k;  // boxes of kHopperBlockN rows
   CUtensorMap tma_v;
+  CUtensorMap tma_o;  // boxes of 64 rows (one consumer warpgroup's)
   FwdKernelArgs base;
+  int batch;
+  bool tma_store;  // else every output row is written with plain stores
 };
 
 // Schedules of the consumer warpgroups (see flash_fwd_hopper_kernel.cuh). kDefault is the

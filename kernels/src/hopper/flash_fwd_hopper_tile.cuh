@@ -2,14 +2,15 @@
 //
 // A CTA is three warpgroups: warpgroup 0 is the producer (one thread issues every TMA copy; the
 // warpgroup gives its registers away with setmaxnreg), warpgroups 1 and 2 are consumers, each
-// owning 64 of the CTA's kBlockM = 128 query rows (one wgmma M extent). K and V stream through a
-// ring of kStages slots.
+// owning 64 of a work tile's kBlockM = 128 query rows (one wgmma M extent). K and V stream through
+// a ring of kStages slots that runs on across work tiles.
 //
 // Shared memory (every tile 1024-byte aligned, in the 128-byte swizzle, d = kHeadDim):
-//   Q            [d/64][128 rows][64]        also the output staging area at the end
+//   Q            [d/64][128 rows][64]        loaded once per work tile
 //   K[kStages]   [d/64][kBlockN rows][64]
 //   V[kStages]   [d/64][kBlockN rows][64]
-//   mbarriers    q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]
+//   O            [d/64][128 rows][64]        output staging (the TMA store's source)
+//   mbarriers    q_full, q_empty, k_full[s], k_empty[s], v_full[s], v_empty[s]
 #pragma once
 
 #include <cstdint>
@@ -40,8 +41,9 @@ struct HopperFwdTile {
   static constexpr uint32_t kQOffset = 0;
   static constexpr uint32_t kKOffset = kQOffset + kQBytes;
   static constexpr uint32_t kVOffset = kKOffset + kStages * kKVBytes;
-  static constexpr uint32_t kBarOffset = kVOffset + kStages * kKVBytes;
-  static constexpr uint32_t kBarriers = 1 + 4 * kStages;
+  static constexpr uint32_t kOOffset = kVOffset + kStages * kKVBytes;
+  static constexpr uint32_t kBarOffset = kOOffset + kQBytes;
+  static constexpr uint32_t kBarriers = 2 + 4 * kStages;
   // +1024: the dynamic shared memory base is rounded up to 1024 bytes inside the kernel.
   static constexpr uint32_t kSmemBytes = kBarOffset + 8 * kBarriers + 1024;
 
@@ -49,6 +51,25 @@ struct HopperFwdTile {
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key tile: a wgmma N extent and one TMA box");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA on sm_90");
   static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536, "register file");
+};
+
+// Shared-memory addresses of one CTA (base: the 1024-aligned start of its dynamic shared memory).
+template <typename Tile>
+struct FwdSmem {
+  uint32_t base;
+  __device__ __forceinline__ uint32_t q() const { return base + Tile::kQOffset; }
+  __device__ __forceinline__ uint32_t k(int s) const { return base + Tile::kKOffset + s * Tile::kKVBytes; }
+  __device__ __forceinline__ uint32_t v(int s) const { return base + Tile::kVOffset + s * Tile::kKVBytes; }
+  __device__ __forceinline__ uint32_t o() const { return base + Tile::kOOffset; }
+  __device__ __forceinline__ uint32_t q_full() const { return bar(0); }
+  __device__ __forceinline__ uint32_t q_empty() const { return bar(1); }
+  __device__ __forceinline__ uint32_t k_full(int s) const { return bar(2 + s); }
+  __device__ __forceinline__ uint32_t k_empty(int s) const { return bar(2 + Tile::kStages + s); }
+  __device__ __forceinline__ uint32_t v_full(int s) const { return bar(2 + 2 * Tile::kStages + s); }
+  __device__ __forceinline__ uint32_t v_empty(int s) const { return bar(2 + 3 * Tile::kStages + s); }
+
+ private:
+  __device__ __forceinline__ uint32_t bar(int i) const { return base + Tile::kBarOffset + 8 * i; }
 };
 
 }  // namespace attnd::kernels::detail::hopper
