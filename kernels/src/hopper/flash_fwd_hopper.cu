@@ -18,7 +18,7 @@ namespace hopper {
 // Defined in flash_fwd_hopper_hdim*.cu.
 template <typename T, int kHeadDim>
 cudaError_t run_flash_fwd_hopper(const HopperFwdArgs& args, int grid, bool causal, HopperSchedule schedule,
-                                 cudaStream_t stream);
+                                 int consumers, cudaStream_t stream);
 
 namespace {
 
@@ -26,6 +26,7 @@ namespace {
 //   ATTND_HOPPER_SCHEDULE=0..3   the consumers' schedule (HopperSchedule; default the fastest)
 //   ATTND_HOPPER_GRID=all        one CTA per work tile instead of a persistent grid of one per SM
 //   ATTND_HOPPER_TMA_STORE=0     plain stores for every output row
+//   ATTND_HOPPER_CONSUMERS=2     two consumer warpgroups at d = 64 (default three)
 HopperSchedule ScheduleFromEnvironment() {
   const char* s = std::getenv("ATTND_HOPPER_SCHEDULE");
   if (s != nullptr && s[0] >= '0' && s[0] <= '3' && s[1] == '\0') return static_cast<HopperSchedule>(s[0] - '0');
@@ -44,12 +45,18 @@ cudaError_t MultiprocessorCount(int* count) {
   return cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device);
 }
 
+int ConsumerWarpgroups(int head_dim) {
+  if (head_dim != 64) return 2;
+  return EnvironmentIs("ATTND_HOPPER_CONSUMERS", "2") ? 2 : 3;
+}
+
 template <typename T>
-cudaError_t DispatchHeadDim(const FlashFwdParams& p, const HopperFwdArgs& args, int grid, cudaStream_t stream) {
+cudaError_t DispatchHeadDim(const FlashFwdParams& p, const HopperFwdArgs& args, int grid, int consumers,
+                            cudaStream_t stream) {
   const HopperSchedule schedule = ScheduleFromEnvironment();
   switch (p.head_dim) {
-    case 64: return run_flash_fwd_hopper<T, 64>(args, grid, p.causal, schedule, stream);
-    case 128: return run_flash_fwd_hopper<T, 128>(args, grid, p.causal, schedule, stream);
+    case 64: return run_flash_fwd_hopper<T, 64>(args, grid, p.causal, schedule, consumers, stream);
+    case 128: return run_flash_fwd_hopper<T, 128>(args, grid, p.causal, schedule, consumers, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -65,7 +72,9 @@ bool HopperFwdSupports(const FlashFwdParams& p) {
 cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& base, cudaStream_t stream) {
   using namespace hopper;
   if (!HopperFwdSupports(p)) return cudaErrorInvalidValue;
-  const int64_t m_blocks = (p.max_seqlen_q + kHopperBlockM - 1) / kHopperBlockM;
+  const int consumers = ConsumerWarpgroups(p.head_dim);
+  const int block_m = 64 * consumers;
+  const int64_t m_blocks = (p.max_seqlen_q + block_m - 1) / block_m;
   const int64_t tiles = m_blocks * p.batch * p.heads_q;
   if (tiles == 0) return cudaSuccess;
   int sms = 0;
@@ -82,11 +91,12 @@ cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& base
   const PackedTensor k{p.k, bf16, p.total_k, p.heads_kv, p.head_dim, p.k_row_stride, p.k_head_stride};
   const PackedTensor v{p.v, bf16, p.total_k, p.heads_kv, p.head_dim, p.v_row_stride, p.v_head_stride};
   const PackedTensor o{p.out, bf16, p.total_q, p.heads_q, p.head_dim, p.out_row_stride, p.out_head_stride};
-  if ((err = EncodeRowBoxMap(q, kHopperBlockM, &args.tma_q)) != cudaSuccess) return err;
+  if ((err = EncodeRowBoxMap(q, block_m, &args.tma_q)) != cudaSuccess) return err;
   if ((err = EncodeRowBoxMap(k, kHopperBlockN, &args.tma_k)) != cudaSuccess) return err;
   if ((err = EncodeRowBoxMap(v, kHopperBlockN, &args.tma_v)) != cudaSuccess) return err;
-  if ((err = EncodeRowBoxMap(o, kHopperBlockM / 2, &args.tma_o)) != cudaSuccess) return err;
-  return bf16 ? DispatchHeadDim<__nv_bfloat16>(p, args, grid, stream) : DispatchHeadDim<__half>(p, args, grid, stream);
+  if ((err = EncodeRowBoxMap(o, 64, &args.tma_o)) != cudaSuccess) return err;
+  return bf16 ? DispatchHeadDim<__nv_bfloat16>(p, args, grid, consumers, stream)
+              : DispatchHeadDim<__half>(p, args, grid, consumers, stream);
 }
 
 }  // namespace attnd::kernels::detail

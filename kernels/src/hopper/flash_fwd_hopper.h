@@ -10,14 +10,14 @@
 
 namespace attnd::kernels::detail {
 
-// Query rows per CTA and key rows per tile: also the TMA box heights of the q and k/v maps.
-inline constexpr int kHopperBlockM = 128;
+// Key rows per tile (the TMA box height of the k and v maps). Query rows per work tile are 64 per
+// consumer warpgroup (the q map's box height); the output is stored 64 rows at a time.
 inline constexpr int kHopperBlockN = 128;
 
 // Launch arguments: the tensor maps of q, k, v and out (TMA descriptors, 64-byte aligned; the
 // kernel takes the whole struct as a __grid_constant__ parameter) and the usual pointers and strides.
 struct HopperFwdArgs {
-  CUtensorMap tma_q;  // boxes of kHopperBlockM rows
+  CUtensorMap tma_q;  // boxes of 64 * consumers rows
   CUtensorMap tma_k;  // boxes of kHopperBlockN rows
   CUtensorMap tma_v;
   CUtensorMap tma_o;  // boxes of 64 rows (one consumer warpgroup's)

@@ -4,6 +4,7 @@
 
 namespace attnd::kernels::detail::hopper {
 
-template cudaError_t run_flash_fwd_hopper<__nv_bfloat16, 128>(const HopperFwdArgs&, int, bool, HopperSchedule, cudaStream_t);
+template cudaError_t run_flash_fwd_hopper<__nv_bfloat16, 128>(const HopperFwdArgs&, int, bool, HopperSchedule, int,
+                                                                       cudaStream_t);
 
 }  // namespace attnd::kernels::detail::hopper

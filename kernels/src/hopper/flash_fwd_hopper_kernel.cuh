@@ -6,13 +6,13 @@
 // with c = softmax_scale, exp2 and c log2(e) folded into one FFMA, and m moved lazily (only when a
 // row's maximum grows by more than 2^8 in exp2 units), so O is rarely rescaled.
 //
-// A grid of (at most) one CTA per SM walks the work tiles (batch, head, 128 query rows;
-// fwd_work_tile.cuh) round-robin. Each CTA is 3 warpgroups (flash_fwd_hopper_tile.cuh):
+// A grid of (at most) one CTA per SM walks the work tiles (batch, head, 64 * consumers query rows;
+// fwd_work_tile.cuh) in zigzag rounds. Each CTA is 1 + consumers warpgroups (flash_fwd_hopper_tile.cuh):
 //   producer (warpgroup 0, one thread; fwd_producer.cuh): per work tile, TMA Q, then K[n], V[n]
 //     for n = n_last .. 0 into a ring of kStages slots, each completing on an mbarrier. It runs
 //     ahead into the next work tile while the consumers finish the current one (their last
 //     softmax, P V and epilogue hide the next tile's first loads).
-//   consumers (warpgroups 1, 2; fwd_consumer.cuh): 64 query rows each, S = Q K^T and O += P V
+//   consumers (warpgroups 1..; fwd_consumer.cuh): 64 query rows each, S = Q K^T and O += P V
 //     with wgmma, the softmax in registers, the epilogue through a staging buffer and TMA store.
 //
 // Tails and varlen: the tensor maps span the whole packed tensors, so a tile that runs past its
@@ -57,17 +57,26 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
   }
   __syncthreads();
 
-  // Work tiles with rows and keys: both roles count them the same way (ring, round).
+  // Causal: heads per group of the tile order (fwd_work_tile.cuh), two rounds of the grid each.
+  const int group_heads = min(num_bh, max(1, (2 * int(gridDim.x) + m_blocks - 1) / m_blocks));
+
+  // Work tiles with rows and keys, in zigzag rounds: both roles count them the same way (ring
+  // position of the key tiles, round of the Q buffer).
   auto for_each_tile = [&](auto&& work, auto&& empty) {
     int ring = 0, round = 0;
-    for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-      const FwdWorkTile w = decode_work_tile<kBlockM, kBlockN, kCausal>(a, tile, m_blocks, num_bh);
+    for (int pass = 0; pass * int(gridDim.x) < num_tiles; ++pass) {
+      const int tile = pass * gridDim.x + ((pass & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
+      if (tile >= num_tiles) continue;
+      const FwdWorkTile w = decode_work_tile<kBlockM, kBlockN, kCausal>(a, tile, m_blocks, num_bh, group_heads);
       if (w.rows_valid <= 0) continue;
       if (w.n_blocks <= 0) {
         empty(w);
         continue;
       }
-      work(w, ring, round);
+      // The ring position feeds the wgmma descriptors: broadcast it so that the compiler sees a
+      // warp-uniform value and keeps the descriptor arithmetic on the uniform datapath (else
+      // every descriptor goes through R2UR right before its HGMMA).
+      work(w, __shfl_sync(0xffffffffu, ring, 0), round);
       ring += w.n_blocks;
       ++round;
     }
@@ -81,7 +90,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     return;
   }
   warpgroup_reg_alloc<Tile::kConsumerRegs>();
-  FwdConsumer<T, Tile, kCausal> consumer(args, sm, smem_raw + (sm.base - raw), threadIdx.x / 128 - 1);
+  FwdConsumer<T, Tile, kCausal> consumer(args, sm, smem_raw + (sm.base - raw),
+                                         __shfl_sync(0xffffffffu, threadIdx.x / 128, 0) - 1);
   for_each_tile([&](const FwdWorkTile& w, int ring, int round) { consumer.run(w, ring, round); },
                 [&](const FwdWorkTile& w) { consumer.write_empty(w); });
   consumer.finish();

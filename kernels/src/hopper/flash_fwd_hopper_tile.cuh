@@ -1,15 +1,17 @@
 // Tile shape and shared-memory plan of the Hopper forward kernel.
 //
-// A CTA is three warpgroups: warpgroup 0 is the producer (one thread issues every TMA copy; the
-// warpgroup gives its registers away with setmaxnreg), warpgroups 1 and 2 are consumers, each
-// owning 64 of a work tile's kBlockM = 128 query rows (one wgmma M extent). K and V stream through
-// a ring of kStages slots that runs on across work tiles.
+// A CTA is 1 + kConsumers warpgroups: warpgroup 0 is the producer (one thread issues every TMA
+// copy; the warpgroup gives its registers away with setmaxnreg), warpgroups 1.. are consumers,
+// each owning 64 of a work tile's kBlockM = 64 * kConsumers query rows (one wgmma M extent). K and
+// V stream through a ring of kStages slots that runs on across work tiles. Two consumers at
+// d = 128 (each needs ~220 registers); three at d = 64 (160 registers each is enough there, and a
+// third warp per scheduler hides more of the softmax's latency).
 //
 // Shared memory (every tile 1024-byte aligned, in the 128-byte swizzle, d = kHeadDim):
-//   Q            [d/64][128 rows][64]        loaded once per work tile
+//   Q            [d/64][kBlockM rows][64]    loaded once per work tile
 //   K[kStages]   [d/64][kBlockN rows][64]
 //   V[kStages]   [d/64][kBlockN rows][64]
-//   O            [d/64][128 rows][64]        output staging (the TMA store's source)
+//   O            [d/64][kBlockM rows][64]    output staging (the TMA store's source)
 //   mbarriers    q_full, q_empty, k_full[s], k_empty[s], v_full[s], v_empty[s]
 #pragma once
 
@@ -19,10 +21,11 @@
 
 namespace attnd::kernels::detail::hopper {
 
-template <int kHeadDim_, int kStages_, HopperSchedule kSchedule_>
+template <int kHeadDim_, int kConsumers_, int kStages_, HopperSchedule kSchedule_>
 struct HopperFwdTile {
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = kHopperBlockM;
+  static constexpr int kConsumers = kConsumers_;  // warpgroups of 64 query rows
+  static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kBlockN = kHopperBlockN;
   static constexpr int kStages = kStages_;
   static constexpr HopperSchedule kSchedule = kSchedule_;
@@ -30,10 +33,10 @@ struct HopperFwdTile {
       kSchedule == HopperSchedule::kPingPong || kSchedule == HopperSchedule::kPingPongOverlap;
   static constexpr bool kOverlap = kSchedule == HopperSchedule::kOverlap || kSchedule == HopperSchedule::kPingPongOverlap;
 
-  static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 65536
+  // The rest of the register file, split evenly (a multiple of 8): 240 for 2 consumers, 160 for 3.
+  static constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / kConsumers / 8 * 8;
 
   static constexpr int kColBlocks = kHeadDim / 64;          // 128-byte column blocks per row
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim * 2;
@@ -48,6 +51,7 @@ struct HopperFwdTile {
   static constexpr uint32_t kSmemBytes = kBarOffset + 8 * kBarriers + 1024;
 
   static_assert(kHeadDim == 64 || kHeadDim == 128, "one or two 64-element column blocks");
+  static_assert(kConsumers == 2 || kConsumers == 3, "kBlockM = 128 or 192 (a TMA box is at most 256 rows)");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key tile: a wgmma N extent and one TMA box");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA on sm_90");
   static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536, "register file");

@@ -9,8 +9,9 @@
 //   issued back to back; then wait for S, release the K slot, mask (diagonal and ragged tiles
 //   only), online softmax; wait for O (kOverlap: only now, so the softmax ran under the P V
 //   product), release the V slot, rescale O if m moved, P = 16-bit S. A last O += P V[0] ends it.
-// kPingPong: the two consumers take turns issuing their GEMMs (named barriers 1 and 2), so one's
-// softmax runs while the other's GEMMs keep the tensor cores busy.
+// kPingPong: the consumers take turns issuing their GEMMs (consumer c waits on named barrier 1 + c,
+// then hands the turn to c + 1), so one's softmax runs while the others' GEMMs keep the tensor
+// cores busy.
 // Epilogue: O / l rounded to 16 bits into the O staging buffer (the 128-byte swizzle), then one
 // TMA store of the warpgroup's 64 rows when they all lie inside the sequence, else 16-byte stores
 // of the valid rows; lse from the lane that owns each row.
@@ -33,20 +34,18 @@
 
 namespace attnd::kernels::detail::hopper {
 
-// Named barrier ids: 1, 2 = "consumer 0 / 1 may issue" (ping-pong); 3, 4 = consumer-local.
-inline constexpr int kIssueBarrier = 1;
-inline constexpr int kEpilogueBarrier = 3;
-
 template <typename T, typename Tile, bool kCausal>
 struct FwdConsumer {
   static constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kHeadDim = Tile::kHeadDim;
-  static constexpr int kStages = Tile::kStages;
+  static constexpr int kStages = Tile::kStages, kConsumers = Tile::kConsumers;
   static constexpr float kInf = INFINITY;
+  // Named barrier ids: 1 + c = "consumer c may issue" (ping-pong); 1 + kConsumers + c: consumer c's own.
+  static constexpr int kIssueBarrier = 1, kEpilogueBarrier = 1 + kConsumers;
 
   const HopperFwdArgs& args;
   const FwdSmem<Tile> sm;
   uint8_t* const smem_generic;  // the generic address of sm.base
-  const int consumer;           // 0 or 1: rows 64 * consumer .. + 63 of each work tile
+  const int consumer;           // rows 64 * consumer .. + 63 of each work tile
   const int tid, warp, lane;
   const int g, t;     // accumulator layout: rows g, g + 8 of the warp's 16; columns 8j + 2t, 8j + 2t + 1
   const int row0;     // this thread's first row within the work tile
@@ -96,7 +95,7 @@ struct FwdConsumer {
     if constexpr (Tile::kPingPong) named_barrier_sync(kIssueBarrier + consumer, 256);
   }
   __device__ __forceinline__ void turn_pass() {
-    if constexpr (Tile::kPingPong) named_barrier_arrive(kIssueBarrier + (1 - consumer), 256);
+    if constexpr (Tile::kPingPong) named_barrier_arrive(kIssueBarrier + (consumer + 1) % kConsumers, 256);
   }
 
   // Key j of tile n is masked for row r when j >= seqlen_k or (causal) j > r + seqlen_k - seqlen_q.
@@ -182,7 +181,7 @@ struct FwdConsumer {
     auto slot = [&](int i) { return (ring + i) % kStages; };
     auto parity = [&](int i) { return uint32_t(((ring + i) / kStages) & 1); };
 
-    if (Tile::kPingPong && consumer == 1) named_barrier_arrive(kIssueBarrier, 256);  // consumer 0 goes first
+    if (Tile::kPingPong && consumer == kConsumers - 1) named_barrier_arrive(kIssueBarrier, 256);  // 0 goes first
     mbar_wait(sm.q_full(), round & 1);
 
     // Key tile 0 (the last one, n = n_last): S only; O is still zero.
@@ -240,7 +239,7 @@ struct FwdConsumer {
     wgmma_fence();
     issue_pv(slot(n_last));
     wgmma_commit();
-    if (consumer == 0) turn_pass();  // consumer 1's last pass would have no taker
+    if (consumer != kConsumers - 1) turn_pass();  // the last consumer's last pass would have no taker
     wgmma_wait<0>();
     fence_registers(acc_o);
     release(sm.v_empty(slot(n_last)));

@@ -1,7 +1,8 @@
 // The persistent Hopper forward kernel's unit of work: one (batch, head, block of kBlockM query
-// rows), numbered 0 .. num_tiles-1 and handed to the CTAs round-robin (tile = blockIdx.x,
-// blockIdx.x + gridDim.x, ...). Both roles of a CTA decode the same numbers, so the producer and
-// the consumers agree on which tiles exist and how many key tiles each has.
+// rows), numbered 0 .. num_tiles-1 and handed to the CTAs in zigzag rounds (round r gives tile
+// r * grid + blockIdx.x, or r * grid + grid - 1 - blockIdx.x when r is odd). Both roles of a CTA
+// decode the same numbers, so the producer and the consumers agree on which tiles exist and how
+// many key tiles each has.
 #pragma once
 
 #include <cstdint>
@@ -20,15 +21,23 @@ struct FwdWorkTile {
 };
 
 // Order: non-causal, the query blocks of one head are neighbours (CTAs running together share K/V
-// in L2); causal, the blocks nearest the end of the sequences (most key tiles) come first, so the
-// round-robin hand-out balances like longest-job-first.
+// in L2). Causal: groups of `group_heads` heads (enough tiles for two rounds of the grid), inside
+// a group the blocks nearest the end of the sequences (most key tiles) first: the CTAs running
+// together still share the K/V of a few heads, and the zigzag hand-out (fwd kernel) pairs heavy
+// and light blocks like longest-job-first. (The K/V of 132 different heads, as a plain
+// heavy-first order over all heads gives, would stream from DRAM at ~5 TB/s.)
 template <int kBlockM, int kBlockN, bool kCausal>
-__device__ __forceinline__ FwdWorkTile decode_work_tile(const FwdKernelArgs& a, int tile, int m_blocks, int num_bh) {
+__device__ __forceinline__ FwdWorkTile decode_work_tile(const FwdKernelArgs& a, int tile, int m_blocks, int num_bh,
+                                                        int group_heads) {
   FwdWorkTile w;
   int bh;
   if constexpr (kCausal) {
-    w.m_block = m_blocks - 1 - tile / num_bh;
-    bh = tile - (tile / num_bh) * num_bh;
+    const int per_group = group_heads * m_blocks;
+    const int group = tile / per_group;
+    const int r = tile - group * per_group;
+    const int heads_here = min(group_heads, num_bh - group * group_heads);
+    w.m_block = m_blocks - 1 - r / heads_here;
+    bh = group * group_heads + r % heads_here;
   } else {
     bh = tile / m_blocks;
     w.m_block = tile - bh * m_blocks;
