@@ -13,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sdpa_compare import BACKENDS, DTYPES, hmean, time_sdpa  # noqa: E402
+from sdpa_compare import BACKENDS, DTYPES, add_timing_args, hmean, time_sdpa  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -23,12 +23,7 @@ def main():
     ap.add_argument("--ours", required=True, help="attn_bench CSV (impl column names each implementation)")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--tag", required=True)
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--sets", type=int, default=3)
-    ap.add_argument("--command", default="", help="the command line that produced these results")
+    add_timing_args(ap)
     args = ap.parse_args()
 
     tflops, impls = {}, []
