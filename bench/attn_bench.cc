@@ -72,7 +72,9 @@ std::vector<uint16_t> RandomHalves(size_t n, bool bf16, uint32_t seed) {
 // knobs an entry does not name are unset.
 bool SelectImpl(const std::string& entry, attnd::kernels::FlashFwdParams& p) {
   using attnd::kernels::FwdKernel;
-  for (const char* knob : {"ATTND_HOPPER_SCHEDULE", "ATTND_HOPPER_GRID", "ATTND_HOPPER_TMA_STORE"}) unsetenv(knob);
+  for (const char* knob : {"ATTND_HOPPER_SCHEDULE", "ATTND_HOPPER_GRID", "ATTND_HOPPER_TMA_STORE", "ATTND_HOPPER_CONSUMERS",
+                           "ATTND_HOPPER_SCHEDULER"})
+    unsetenv(knob);
   std::vector<std::string> parts;
   std::stringstream ss(entry);
   for (std::string part; std::getline(ss, part, ':');) parts.push_back(part);
@@ -200,13 +202,15 @@ int main(int argc, char** argv) {
               std::fprintf(stderr, "unknown or unavailable implementation %s\n", impl.c_str());
               return 2;
             }
+            void* workspace = nullptr;
+            if (const size_t ws = attnd::kernels::FlashFwdWorkspaceBytes(p); ws > 0) CHECK_CUDA(cudaMalloc(&workspace, ws));
             auto launch = [&](const Set& s) {
               p.q = s.q;
               p.k = s.k;
               p.v = s.v;
               p.out = s.out;
               p.lse = s.lse;
-              CHECK_CUDA(attnd::kernels::FlashFwd(p, nullptr, nullptr));
+              CHECK_CUDA(attnd::kernels::FlashFwd(p, workspace, nullptr));
             };
             const attnd::bench::Timing t = attnd::bench::TimeRotated(
                 [&](int set) { launch(sets[set]); }, static_cast<int>(sets.size()), o.warmup, o.iters);
@@ -216,6 +220,7 @@ int main(int argc, char** argv) {
             std::fprintf(csv, "%s,%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.1f,%zu\n", impl.c_str(), prop.name, dt.c_str(), d, causal,
                          n, batch, heads, median, t.min_ms, flops / (median * 1e-3) / 1e12, alloc);
             std::fflush(csv);
+            if (workspace != nullptr) CHECK_CUDA(cudaFree(workspace));
             std::fprintf(stderr, "%-10s %s d=%d causal=%d N=%5d: %8.3f ms  %6.1f TFLOP/s\n", impl.c_str(), dt.c_str(), d,
                          causal, n, median, flops / (median * 1e-3) / 1e12);
           }

@@ -18,8 +18,8 @@ OUT=${OUT:-$PWD/device-out}
 LOG=$OUT/logs
 mkdir -p "$LOG"
 STEPS=${STEPS:-"test sanitize bench"}
-TEST_ENVS=${TEST_ENVS:-"ATTND_HOPPER_SCHEDULE=3 ATTND_HOPPER_SCHEDULE=0 ATTND_HOPPER_SCHEDULE=1 ATTND_HOPPER_SCHEDULE=2 ATTND_HOPPER_CONSUMERS=2"}
-IMPLS=${IMPLS:-hopper_s0,hopper_s1,hopper_s2,hopper_s3}
+TEST_ENVS=${TEST_ENVS:-"ATTND_HOPPER_SCHEDULE=3 ATTND_HOPPER_SCHEDULE=2 ATTND_HOPPER_SCHEDULER=static ATTND_HOPPER_CONSUMERS=2"}
+IMPLS=${IMPLS:-hopper,hopper:ATTND_HOPPER_SCHEDULER=static,hopper_s2}
 TAG=${TAG:-$(date +%Y-%m-%d)_h100_hopper_fwd}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 summary=()

@@ -152,6 +152,9 @@ FwdKernel FlashFwdSelectKernel(const FlashFwdParams& p) {
 }
 
 size_t FlashFwdWorkspaceBytes(const FlashFwdParams& p) {
+#if ATTND_HAVE_HOPPER_FWD
+  if (FlashFwdSelectKernel(p) == FwdKernel::kHopper) return detail::kHopperFwdWorkspaceBytes;
+#endif
   if (p.dtype != ElementType::kFP32) return 0;
   using detail::AlignUp;
   const size_t q = size_t(p.total_q) * p.heads_q * p.head_dim * sizeof(__half);
@@ -167,7 +170,7 @@ cudaError_t FlashFwd(const FlashFwdParams& p, void* workspace, cudaStream_t stre
   const FwdKernel kernel = FlashFwdSelectKernel(p);
   if (kernel == FwdKernel::kAuto) return cudaErrorNotSupported;  // kHopper forced, cannot run
 #if ATTND_HAVE_HOPPER_FWD
-  if (kernel == FwdKernel::kHopper) return detail::RunFlashFwdHopper(p, args, stream);
+  if (kernel == FwdKernel::kHopper) return detail::RunFlashFwdHopper(p, args, workspace, stream);
 #endif
   switch (p.dtype) {
     case ElementType::kBF16:

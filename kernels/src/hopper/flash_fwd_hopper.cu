@@ -27,6 +27,7 @@ namespace {
 //   ATTND_HOPPER_GRID=all        one CTA per work tile instead of a persistent grid of one per SM
 //   ATTND_HOPPER_TMA_STORE=0     plain stores for every output row
 //   ATTND_HOPPER_CONSUMERS=2     two consumer warpgroups at d = 64 (default three)
+//   ATTND_HOPPER_SCHEDULER=static  static zigzag rounds even when a workspace is given
 HopperSchedule ScheduleFromEnvironment() {
   const char* s = std::getenv("ATTND_HOPPER_SCHEDULE");
   if (s != nullptr && s[0] >= '0' && s[0] <= '3' && s[1] == '\0') return static_cast<HopperSchedule>(s[0] - '0');
@@ -69,7 +70,8 @@ bool HopperFwdSupports(const FlashFwdParams& p) {
          p.softmax_scale > 0.f;
 }
 
-cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& base, cudaStream_t stream) {
+cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& base, void* workspace,
+                              cudaStream_t stream) {
   using namespace hopper;
   if (!HopperFwdSupports(p)) return cudaErrorInvalidValue;
   const int consumers = ConsumerWarpgroups(p.head_dim);
@@ -86,6 +88,10 @@ cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& base
   args.base = base;
   args.batch = p.batch;
   args.tma_store = !EnvironmentIs("ATTND_HOPPER_TMA_STORE", "0");
+  if (workspace != nullptr && !EnvironmentIs("ATTND_HOPPER_SCHEDULER", "static")) {
+    args.tile_counter = static_cast<int*>(workspace);
+    if ((err = cudaMemsetAsync(args.tile_counter, 0, sizeof(int), stream)) != cudaSuccess) return err;
+  }
   const bool bf16 = p.dtype == ElementType::kBF16;
   const PackedTensor q{p.q, bf16, p.total_q, p.heads_q, p.head_dim, p.q_row_stride, p.q_head_stride};
   const PackedTensor k{p.k, bf16, p.total_k, p.heads_kv, p.head_dim, p.k_row_stride, p.k_head_stride};

@@ -23,8 +23,12 @@ struct HopperFwdArgs {
   CUtensorMap tma_o;  // boxes of 64 rows (one consumer warpgroup's)
   FwdKernelArgs base;
   int batch;
-  bool tma_store;  // else every output row is written with plain stores
+  bool tma_store;     // else every output row is written with plain stores
+  int* tile_counter;  // zeroed before the launch: dynamic tile hand-out; nullptr: static rounds
 };
+
+// Device workspace the Hopper kernel uses when given (the tile counter; 256 keeps the alignment).
+inline constexpr size_t kHopperFwdWorkspaceBytes = 256;
 
 // Schedules of the consumer warpgroups (see flash_fwd_hopper_kernel.cuh). kDefault is the
 // fastest measured; the others stay selectable (ATTND_HOPPER_SCHEDULE=0..3) for measurements.
@@ -39,7 +43,9 @@ enum class HopperSchedule : int {
 // softmax scale); the device check is the caller's.
 bool HopperFwdSupports(const FlashFwdParams& p);
 
-// Runs the Hopper kernel (the problem must pass HopperFwdSupports and FlashFwdCheck).
-cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& args, cudaStream_t stream);
+// Runs the Hopper kernel (the problem must pass HopperFwdSupports and FlashFwdCheck). `workspace`:
+// kHopperFwdWorkspaceBytes of device memory for the dynamic tile hand-out, or nullptr (static).
+cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& args, void* workspace,
+                              cudaStream_t stream);
 
 }  // namespace attnd::kernels::detail

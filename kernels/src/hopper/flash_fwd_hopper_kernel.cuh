@@ -6,9 +6,11 @@
 // with c = softmax_scale, exp2 and c log2(e) folded into one FFMA, and m moved lazily (only when a
 // row's maximum grows by more than 2^8 in exp2 units), so O is rarely rescaled.
 //
-// A grid of (at most) one CTA per SM walks the work tiles (batch, head, 64 * consumers query rows;
-// fwd_work_tile.cuh) in zigzag rounds. Each CTA is 1 + consumers warpgroups (flash_fwd_hopper_tile.cuh):
-//   producer (warpgroup 0, one thread; fwd_producer.cuh): per work tile, TMA Q, then K[n], V[n]
+// A grid of (at most) one CTA per SM runs the work tiles (batch, head, 64 * consumers query rows;
+// fwd_work_tile.cuh), claimed one at a time from a counter (fwd_tile_scheduler.cuh). Each CTA is
+// 1 + consumers warpgroups (flash_fwd_hopper_tile.cuh):
+//   producer (warpgroup 0, one thread; fwd_producer.cuh): picks the tiles and publishes each one's
+//     number to the consumers through shared memory; per work tile, TMA Q, then K[n], V[n]
 //     for n = n_last .. 0 into a ring of kStages slots, each completing on an mbarrier. It runs
 //     ahead into the next work tile while the consumers finish the current one (their last
 //     softmax, P V and epilogue hide the next tile's first loads).
@@ -27,6 +29,7 @@
 #include "hopper/flash_fwd_hopper_tile.cuh"
 #include "hopper/fwd_consumer.cuh"
 #include "hopper/fwd_producer.cuh"
+#include "hopper/fwd_tile_scheduler.cuh"
 #include "hopper/fwd_work_tile.cuh"
 #include "hopper/warpgroup.cuh"
 
@@ -59,41 +62,49 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 
   // Causal: heads per group of the tile order (fwd_work_tile.cuh), two rounds of the grid each.
   const int group_heads = min(num_bh, max(1, (2 * int(gridDim.x) + m_blocks - 1) / m_blocks));
-
-  // Work tiles with rows and keys, in zigzag rounds: both roles count them the same way (ring
-  // position of the key tiles, round of the Q buffer).
-  auto for_each_tile = [&](auto&& work, auto&& empty) {
-    int ring = 0, round = 0;
-    for (int pass = 0; pass * int(gridDim.x) < num_tiles; ++pass) {
-      const int tile = pass * gridDim.x + ((pass & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
-      if (tile >= num_tiles) continue;
-      const FwdWorkTile w = decode_work_tile<kBlockM, kBlockN, kCausal>(a, tile, m_blocks, num_bh, group_heads);
-      if (w.rows_valid <= 0) continue;
-      if (w.n_blocks <= 0) {
-        empty(w);
-        continue;
-      }
-      // The ring position feeds the wgmma descriptors: broadcast it so that the compiler sees a
-      // warp-uniform value and keeps the descriptor arithmetic on the uniform datapath (else
-      // every descriptor goes through R2UR right before its HGMMA).
-      work(w, __shfl_sync(0xffffffffu, ring, 0), round);
-      ring += w.n_blocks;
-      ++round;
-    }
+  auto decode = [&](int tile) {
+    return decode_work_tile<kBlockM, kBlockN, kCausal>(a, tile, m_blocks, num_bh, group_heads);
   };
+  volatile int* tile_slot = reinterpret_cast<volatile int*>(smem_raw + (sm.base - raw) + Tile::kTileSlotOffset);
 
   if (threadIdx.x < 128) {
+    // ---- producer: picks the tiles, publishes each (number + Q), streams its K/V ----
     warpgroup_reg_dealloc<Tile::kProducerRegs>();
-    if (threadIdx.x == 0)
-      for_each_tile([&](const FwdWorkTile& w, int ring, int round) { produce_work_tile<Tile>(args, sm, w, ring, round); },
-                    [](const FwdWorkTile&) {});
+    if (threadIdx.x != 0) return;
+    FwdTileScheduler scheduler(num_tiles, args.tile_counter);
+    int ring = 0, round = 0;
+    for (int tile = scheduler.first(); !scheduler.done(tile); tile = scheduler.next(tile)) {
+      const FwdWorkTile w = decode(tile);
+      if (w.rows_valid <= 0) continue;  // past this sequence's end (varlen): nothing to do
+      publish_work_tile<Tile>(args, sm, tile_slot, tile, &w, round++);
+      produce_key_tiles<Tile>(args, sm, w, ring);
+      ring += w.n_blocks;
+    }
+    publish_work_tile<Tile>(args, sm, tile_slot, -1, nullptr, round);
     return;
   }
+
+  // ---- consumers: run the published tiles until the producer says there are no more ----
   warpgroup_reg_alloc<Tile::kConsumerRegs>();
   FwdConsumer<T, Tile, kCausal> consumer(args, sm, smem_raw + (sm.base - raw),
                                          __shfl_sync(0xffffffffu, threadIdx.x / 128, 0) - 1);
-  for_each_tile([&](const FwdWorkTile& w, int ring, int round) { consumer.run(w, ring, round); },
-                [&](const FwdWorkTile& w) { consumer.write_empty(w); });
+  int ring = 0;
+  for (int round = 0;; ++round) {
+    mbar_wait(sm.q_full(), round & 1);
+    const int tile = *tile_slot;
+    if (tile < 0) break;
+    const FwdWorkTile w = decode(tile);
+    if (w.n_blocks <= 0) {
+      consumer.release(sm.q_empty());
+      consumer.write_empty(w);
+      continue;
+    }
+    // The ring position feeds the wgmma descriptors: broadcast it so that the compiler sees a
+    // warp-uniform value and keeps the descriptor arithmetic on the uniform datapath (else
+    // every descriptor goes through R2UR right before its HGMMA).
+    consumer.run(w, __shfl_sync(0xffffffffu, ring, 0));
+    ring += w.n_blocks;
+  }
   consumer.finish();
 }
 

@@ -13,6 +13,7 @@
 //   V[kStages]   [d/64][kBlockN rows][64]
 //   O            [d/64][kBlockM rows][64]    output staging (the TMA store's source)
 //   mbarriers    q_full, q_empty, k_full[s], k_empty[s], v_full[s], v_empty[s]
+//   tile slot    the number of the work tile whose Q q_full announces (-1: no more tiles)
 #pragma once
 
 #include <cstdint>
@@ -34,9 +35,13 @@ struct HopperFwdTile {
   static constexpr bool kOverlap = kSchedule == HopperSchedule::kOverlap || kSchedule == HopperSchedule::kPingPongOverlap;
 
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kProducerRegs = 24;
-  // The rest of the register file, split evenly (a multiple of 8): 240 for 2 consumers, 160 for 3.
-  static constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / kConsumers / 8 * 8;
+  // setmaxnreg moves registers only within what the CTA was launched with: kThreads x the cap
+  // that __launch_bounds__(kThreads, 1) gives (65536 / kThreads, a multiple of 8). The producer
+  // keeps 32 (its tile hand-out spills at 24); the consumers split the rest, a multiple of 8 each:
+  // 232 for 2 consumers (384 x 168 registers at launch), 160 for 3 (512 x 128).
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
+  static constexpr int kProducerRegs = 32;
+  static constexpr int kConsumerRegs = (kLaunchRegs * kThreads / 128 - kProducerRegs) / kConsumers / 8 * 8;
 
   static constexpr int kColBlocks = kHeadDim / 64;          // 128-byte column blocks per row
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim * 2;
@@ -47,14 +52,15 @@ struct HopperFwdTile {
   static constexpr uint32_t kOOffset = kVOffset + kStages * kKVBytes;
   static constexpr uint32_t kBarOffset = kOOffset + kQBytes;
   static constexpr uint32_t kBarriers = 2 + 4 * kStages;
+  static constexpr uint32_t kTileSlotOffset = kBarOffset + 8 * kBarriers;  // the work tile's number
   // +1024: the dynamic shared memory base is rounded up to 1024 bytes inside the kernel.
-  static constexpr uint32_t kSmemBytes = kBarOffset + 8 * kBarriers + 1024;
+  static constexpr uint32_t kSmemBytes = kTileSlotOffset + 16 + 1024;
 
   static_assert(kHeadDim == 64 || kHeadDim == 128, "one or two 64-element column blocks");
   static_assert(kConsumers == 2 || kConsumers == 3, "kBlockM = 128 or 192 (a TMA box is at most 256 rows)");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "key tile: a wgmma N extent and one TMA box");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA on sm_90");
-  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536, "register file");
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= kLaunchRegs * kThreads, "registers");
 };
 
 // Shared-memory addresses of one CTA (base: the 1024-aligned start of its dynamic shared memory).

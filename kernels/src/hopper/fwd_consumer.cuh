@@ -170,9 +170,9 @@ struct FwdConsumer {
       for (int r = 0; r < 4; ++r) frag_p[kk][r] = pack2<T>(acc_s[8 * kk + 2 * r], acc_s[8 * kk + 2 * r + 1]);
   }
 
-  // ---- one work tile ----
-  // ring: ring position of the tile's first key tile; round: work tiles this CTA ran before.
-  __device__ __forceinline__ void run(const FwdWorkTile& w, int ring, int round) {
+  // ---- one work tile (its Q has landed: q_full) ----
+  // ring: ring position of the tile's first key tile.
+  __device__ __forceinline__ void run(const FwdWorkTile& w, int ring) {
 #pragma unroll
     for (int i = 0; i < kHeadDim / 2; ++i) acc_o[i] = 0.f;
     row_max[0] = row_max[1] = -kInf;
@@ -182,7 +182,6 @@ struct FwdConsumer {
     auto parity = [&](int i) { return uint32_t(((ring + i) / kStages) & 1); };
 
     if (Tile::kPingPong && consumer == kConsumers - 1) named_barrier_arrive(kIssueBarrier, 256);  // 0 goes first
-    mbar_wait(sm.q_full(), round & 1);
 
     // Key tile 0 (the last one, n = n_last): S only; O is still zero.
     turn_wait();
@@ -315,7 +314,8 @@ struct FwdConsumer {
     }
   }
 
-  // A work tile whose rows see no key at all: out = 0, lse = +inf for this warpgroup's rows.
+  // A work tile whose rows see no key at all: out = 0, lse = +inf for this warpgroup's rows. (Its
+  // Q was never loaded: the caller releases q_empty at once.)
   __device__ __forceinline__ void write_empty(const FwdWorkTile& w) {
     T* out = out_rows(w);
     constexpr int kChunks = kHeadDim / 8;

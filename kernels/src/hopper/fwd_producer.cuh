@@ -1,7 +1,8 @@
-// The producer of the Hopper forward kernel: one thread of warpgroup 0 issues every TMA load of a
-// work tile. Q goes to its own buffer once the consumers released the previous tile's Q (q_empty);
-// K[n] and V[n] for n = n_last .. 0 go into the K/V ring, each after the consumers released the
-// slot's previous contents (k_empty / v_empty), each completing on its full barrier.
+// The producer of the Hopper forward kernel: one thread of warpgroup 0 picks the work tiles
+// (fwd_tile_scheduler.cuh) and issues every TMA load. A tile's number and its Q go out once the
+// consumers released the previous tile's Q (q_empty); K[n] and V[n] for n = n_last .. 0 go into
+// the K/V ring, each after the consumers released the slot's previous contents (k_empty /
+// v_empty), each completing on its full barrier.
 #pragma once
 
 #include "hopper/async_copy.cuh"
@@ -10,18 +11,31 @@
 
 namespace attnd::kernels::detail::hopper {
 
-// ring: the ring position of this work tile's first key tile (key tiles loaded before it, all work
-// tiles together); round: the work tiles this CTA loaded before it.
+// Publishes work tile `tile` (or -1: no more) to the consumers: its number in the tile slot, then
+// q_full, which completes when its Q has landed (at once for -1 and for tiles with no key).
+// round: the work tiles this CTA published before.
 template <typename Tile>
-__device__ __forceinline__ void produce_work_tile(const HopperFwdArgs& args, const FwdSmem<Tile>& sm,
-                                                  const FwdWorkTile& w, int ring, int round) {
-  constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kStages = Tile::kStages;
-  const int kv_head = w.h / args.base.heads_per_kv;
+__device__ __forceinline__ void publish_work_tile(const HopperFwdArgs& args, const FwdSmem<Tile>& sm, volatile int* slot,
+                                                  int tile, const FwdWorkTile* w, int round) {
   mbar_wait(sm.q_empty(), (round & 1) ^ 1);
+  *slot = tile;  // made visible by the arrive below (release) and the consumers' wait (acquire)
+  if (w == nullptr || w->n_blocks <= 0) {
+    mbar_arrive(sm.q_full());
+    return;
+  }
   mbar_arrive_expect_tx(sm.q_full(), Tile::kQBytes);
 #pragma unroll
   for (int cb = 0; cb < Tile::kColBlocks; ++cb)
-    tma_load_3d(sm.q() + cb * kBlockM * 128, &args.tma_q, sm.q_full(), cb * 64, w.h, w.q_start + w.m_block * kBlockM);
+    tma_load_3d(sm.q() + cb * Tile::kBlockM * 128, &args.tma_q, sm.q_full(), cb * 64, w->h,
+                w->q_start + w->m_block * Tile::kBlockM);
+}
+
+// K[n] and V[n] for n = n_last .. 0 of a work tile into the ring, from ring position `ring`.
+template <typename Tile>
+__device__ __forceinline__ void produce_key_tiles(const HopperFwdArgs& args, const FwdSmem<Tile>& sm,
+                                                  const FwdWorkTile& w, int ring) {
+  constexpr int kBlockN = Tile::kBlockN, kStages = Tile::kStages;
+  const int kv_head = w.h / args.base.heads_per_kv;
   for (int i = 0; i < w.n_blocks; ++i) {
     const int n = w.n_blocks - 1 - i, pos = ring + i, s = pos % kStages;
     const uint32_t parity = ((pos / kStages) & 1) ^ 1;

@@ -88,8 +88,8 @@ void SetContiguousStrides(FlashFwdParams& p);
 // multiples of 8 elements, 16-byte aligned pointers). cudaErrorInvalidValue when one is off.
 cudaError_t FlashFwdCheck(const FlashFwdParams& p);
 
-// Bytes of device workspace flash_fwd needs (0 for BF16/FP16; the FP16 copies of q/k/v plus a few
-// scale words for FP32).
+// Bytes of device workspace FlashFwd uses for p on the current device: the FP16 copies of q/k/v
+// plus a few scale words for FP32; 256 (a tile counter) when the Hopper kernel runs; else 0.
 size_t FlashFwdWorkspaceBytes(const FlashFwdParams& p);
 
 // The kernel FlashFwd would run for p on the current device: kMmaSync or kHopper (kAuto resolved),
@@ -97,8 +97,9 @@ size_t FlashFwdWorkspaceBytes(const FlashFwdParams& p);
 FwdKernel FlashFwdSelectKernel(const FlashFwdParams& p);
 
 // Launches the forward pass on `stream` (asynchronous). `workspace` must hold
-// FlashFwdWorkspaceBytes(p) bytes (256-byte aligned; cudaMalloc memory is) when that is non-zero.
-// Returns the first CUDA error of the check or the launches.
+// FlashFwdWorkspaceBytes(p) bytes (256-byte aligned; cudaMalloc memory is) for FP32; for BF16/FP16
+// it may be nullptr (the Hopper kernel then hands out its tiles statically, a little less evenly
+// on causal problems). Returns the first CUDA error of the check or the launches.
 cudaError_t FlashFwd(const FlashFwdParams& p, void* workspace, cudaStream_t stream);
 
 }  // namespace attnd::kernels
