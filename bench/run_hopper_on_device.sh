@@ -18,8 +18,8 @@ OUT=${OUT:-$PWD/device-out}
 LOG=$OUT/logs
 mkdir -p "$LOG"
 STEPS=${STEPS:-"test sanitize bench"}
-TEST_ENVS=${TEST_ENVS:-"ATTND_HOPPER_SCHEDULE=3 ATTND_HOPPER_SCHEDULE=2 ATTND_HOPPER_SCHEDULER=static ATTND_HOPPER_CONSUMERS=2"}
-IMPLS=${IMPLS:-hopper,hopper:ATTND_HOPPER_SCHEDULER=static,hopper_s2}
+TEST_ENVS=${TEST_ENVS:-"ATTND_HOPPER_SCHEDULE=3 ATTND_HOPPER_SCHEDULE=2 ATTND_HOPPER_SCHEDULER=static ATTND_HOPPER_CONSUMERS=2 ATTND_HOPPER_CONSUMERS=3"}
+IMPLS=${IMPLS:-hopper,mma_sync}
 TAG=${TAG:-$(date +%Y-%m-%d)_h100_hopper_fwd}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 summary=()
@@ -69,6 +69,8 @@ if has sanitize; then
     timeout 240 compute-sanitizer --tool $tool $extra --error-exitcode 1 "$BIN/flash_fwd_sanitize" hopper > "$LOG/$tool.log" 2>&1
     note "$tool (Hopper kernel): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$LOG/$tool.log" | tail -1)"
   done
+  # Where racecheck places its hazards (source lines of the two sides), for the notes.
+  grep -E '^=========     (Read|Write) Thread' "$LOG/racecheck.log" | sed -E 's/.* in ([^ ]+)$/\1/' | sort | uniq -c
 fi
 
 if has bench; then

@@ -26,7 +26,7 @@ namespace {
 //   ATTND_HOPPER_SCHEDULE=0..3   the consumers' schedule (HopperSchedule; default the fastest)
 //   ATTND_HOPPER_GRID=all        one CTA per work tile instead of a persistent grid of one per SM
 //   ATTND_HOPPER_TMA_STORE=0     plain stores for every output row
-//   ATTND_HOPPER_CONSUMERS=2     two consumer warpgroups at d = 64 (default three)
+//   ATTND_HOPPER_CONSUMERS=2|3   consumer warpgroups at d = 64 (default: ConsumerWarpgroups)
 //   ATTND_HOPPER_SCHEDULER=static  static zigzag rounds even when a workspace is given
 HopperSchedule ScheduleFromEnvironment() {
   const char* s = std::getenv("ATTND_HOPPER_SCHEDULE");
@@ -46,9 +46,16 @@ cudaError_t MultiprocessorCount(int* count) {
   return cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device);
 }
 
-int ConsumerWarpgroups(int head_dim) {
-  if (head_dim != 64) return 2;
-  return EnvironmentIs("ATTND_HOPPER_CONSUMERS", "2") ? 2 : 3;
+// Consumer warpgroups (64 query rows each). d = 128: two (each needs ~190 of its 232 registers).
+// d = 64: three (160 registers each) hide more of the softmax's latency, measured +15-30% at
+// every length without a mask, and from 2048 up with the causal one; shorter causal sequences
+// (few key tiles per work tile, and a 192-row tile's diagonal wastes more) run faster with two
+// (bench/NOTES_HOPPER.md, step 4).
+int ConsumerWarpgroups(const FlashFwdParams& p) {
+  if (p.head_dim != 64) return 2;
+  if (EnvironmentIs("ATTND_HOPPER_CONSUMERS", "2")) return 2;
+  if (EnvironmentIs("ATTND_HOPPER_CONSUMERS", "3")) return 3;
+  return p.causal && p.max_seqlen_q < 2048 ? 2 : 3;
 }
 
 template <typename T>
@@ -74,7 +81,7 @@ cudaError_t RunFlashFwdHopper(const FlashFwdParams& p, const FwdKernelArgs& base
                               cudaStream_t stream) {
   using namespace hopper;
   if (!HopperFwdSupports(p)) return cudaErrorInvalidValue;
-  const int consumers = ConsumerWarpgroups(p.head_dim);
+  const int consumers = ConsumerWarpgroups(p);
   const int block_m = 64 * consumers;
   const int64_t m_blocks = (p.max_seqlen_q + block_m - 1) / block_m;
   const int64_t tiles = m_blocks * p.batch * p.heads_q;
