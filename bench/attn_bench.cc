@@ -5,7 +5,11 @@
 // Timing: CUDA events around each launch, --warmup launches first, median of --iters; inputs rotate
 // over --sets copies (each larger than L2) so consecutive launches never find their inputs cached.
 // Inputs are random normal values, never zeros. Output: CSV on stdout or --csv FILE, one row per
-// shape, with the bytes this implementation allocates for it (inputs, output, lse, workspace).
+// shape and implementation, with the bytes this implementation allocates for it (inputs, output,
+// lse, workspace). --impls picks the kernels, timed one after the other on each shape: "ours" (the
+// default dispatch), "mma_sync", "hopper", or "hopper_sN" (the Hopper kernel with schedule N, set
+// through ATTND_HOPPER_SCHEDULE; see kernels/src/hopper/flash_fwd_hopper.h), each optionally with
+// ":ATTND_HOPPER_VAR=VALUE" knobs (SelectImpl below).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -33,6 +37,7 @@ struct Options {
   std::vector<int> dims = {64, 128};
   std::vector<std::string> dtypes = {"bf16", "fp16"};
   std::vector<int> causal = {0, 1};
+  std::vector<std::string> impls = {"ours"};
   int tokens = 16384;
   int hidden = 2048;
   int warmup = 5;
@@ -61,6 +66,38 @@ std::vector<uint16_t> RandomHalves(size_t n, bool bf16, uint32_t seed) {
   return v;
 }
 
+// Points p at the kernel an --impls entry names; false for an unknown name or a kernel this device
+// cannot run. An entry is a name with optional ":VAR=VALUE" suffixes that set the Hopper kernel's
+// measurement knobs (ATTND_HOPPER_*; kernels/src/hopper/flash_fwd_hopper.cu) for its launches;
+// knobs an entry does not name are unset.
+bool SelectImpl(const std::string& entry, attnd::kernels::FlashFwdParams& p) {
+  using attnd::kernels::FwdKernel;
+  for (const char* knob : {"ATTND_HOPPER_SCHEDULE", "ATTND_HOPPER_GRID", "ATTND_HOPPER_TMA_STORE", "ATTND_HOPPER_CONSUMERS",
+                           "ATTND_HOPPER_SCHEDULER"})
+    unsetenv(knob);
+  std::vector<std::string> parts;
+  std::stringstream ss(entry);
+  for (std::string part; std::getline(ss, part, ':');) parts.push_back(part);
+  if (parts.empty()) return false;
+  const std::string& impl = parts[0];
+  if (impl == "ours") {
+    p.kernel = FwdKernel::kAuto;
+  } else if (impl == "mma_sync") {
+    p.kernel = FwdKernel::kMmaSync;
+  } else if (impl == "hopper" || (impl.size() == 9 && impl.rfind("hopper_s", 0) == 0)) {
+    p.kernel = FwdKernel::kHopper;
+    if (impl.size() == 9) setenv("ATTND_HOPPER_SCHEDULE", impl.substr(8).c_str(), 1);
+  } else {
+    return false;
+  }
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    if (eq == std::string::npos || parts[i].rfind("ATTND_HOPPER_", 0) != 0) return false;
+    setenv(parts[i].substr(0, eq).c_str(), parts[i].substr(eq + 1).c_str(), 1);
+  }
+  return attnd::kernels::FlashFwdSelectKernel(p) != FwdKernel::kAuto;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -78,6 +115,7 @@ int main(int argc, char** argv) {
     else if (a == "--dims") o.dims = ParseInts(value());
     else if (a == "--dtypes") o.dtypes = ParseStrings(value());
     else if (a == "--causal") o.causal = ParseInts(value());
+    else if (a == "--impls") o.impls = ParseStrings(value());
     else if (a == "--tokens") o.tokens = std::stoi(value());
     else if (a == "--hidden") o.hidden = std::stoi(value());
     else if (a == "--warmup") o.warmup = std::stoi(value());
@@ -87,6 +125,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: attn_bench [--seqlens 512,...] [--dims 64,128] [--dtypes bf16,fp16] [--causal 0,1]\n"
+                   "                  [--impls ours,mma_sync,hopper,hopper_s0..hopper_s3]\n"
                    "                  [--tokens 16384] [--hidden 2048] [--warmup 5] [--iters 30] [--sets 3] [--csv FILE]\n");
       return 2;
     }
@@ -158,24 +197,33 @@ int main(int argc, char** argv) {
           p.causal = causal != 0;
           p.softmax_scale = 1.f / std::sqrt(float(d));
           attnd::kernels::SetContiguousStrides(p);
-          auto launch = [&](const Set& s) {
-            p.q = s.q;
-            p.k = s.k;
-            p.v = s.v;
-            p.out = s.out;
-            p.lse = s.lse;
-            CHECK_CUDA(attnd::kernels::FlashFwd(p, nullptr, nullptr));
-          };
-          const attnd::bench::Timing t = attnd::bench::TimeRotated(
-              [&](int set) { launch(sets[set]); }, static_cast<int>(sets.size()), o.warmup, o.iters);
-          const double median = t.median_ms;
-          const double flops = 4.0 * batch * heads * double(n) * n * d * (causal ? 0.5 : 1.0);
-          const size_t alloc = 4 * bytes + size_t(batch) * heads * n * sizeof(float) + (batch + 1) * 8;
-          std::fprintf(csv, "ours,%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.1f,%zu\n", prop.name, dt.c_str(), d, causal, n, batch,
-                       heads, median, t.min_ms, flops / (median * 1e-3) / 1e12, alloc);
-          std::fflush(csv);
-          std::fprintf(stderr, "%s d=%d causal=%d N=%5d: %8.3f ms  %6.1f TFLOP/s\n", dt.c_str(), d, causal, n, median,
-                       flops / (median * 1e-3) / 1e12);
+          for (const std::string& impl : o.impls) {
+            if (!SelectImpl(impl, p)) {
+              std::fprintf(stderr, "unknown or unavailable implementation %s\n", impl.c_str());
+              return 2;
+            }
+            void* workspace = nullptr;
+            if (const size_t ws = attnd::kernels::FlashFwdWorkspaceBytes(p); ws > 0) CHECK_CUDA(cudaMalloc(&workspace, ws));
+            auto launch = [&](const Set& s) {
+              p.q = s.q;
+              p.k = s.k;
+              p.v = s.v;
+              p.out = s.out;
+              p.lse = s.lse;
+              CHECK_CUDA(attnd::kernels::FlashFwd(p, workspace, nullptr));
+            };
+            const attnd::bench::Timing t = attnd::bench::TimeRotated(
+                [&](int set) { launch(sets[set]); }, static_cast<int>(sets.size()), o.warmup, o.iters);
+            const double median = t.median_ms;
+            const double flops = 4.0 * batch * heads * double(n) * n * d * (causal ? 0.5 : 1.0);
+            const size_t alloc = 4 * bytes + size_t(batch) * heads * n * sizeof(float) + (batch + 1) * 8;
+            std::fprintf(csv, "%s,%s,%s,%d,%d,%d,%d,%d,%.4f,%.4f,%.1f,%zu\n", impl.c_str(), prop.name, dt.c_str(), d, causal,
+                         n, batch, heads, median, t.min_ms, flops / (median * 1e-3) / 1e12, alloc);
+            std::fflush(csv);
+            if (workspace != nullptr) CHECK_CUDA(cudaFree(workspace));
+            std::fprintf(stderr, "%-10s %s d=%d causal=%d N=%5d: %8.3f ms  %6.1f TFLOP/s\n", impl.c_str(), dt.c_str(), d,
+                         causal, n, median, flops / (median * 1e-3) / 1e12);
+          }
         }
   }
   if (csv != stdout) std::fclose(csv);

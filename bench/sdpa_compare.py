@@ -89,17 +89,22 @@ def hmean(xs):
     return len(xs) / sum(1.0 / x for x in xs) if xs else float("nan")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ours", required=True, help="attn_bench CSV")
-    ap.add_argument("--out-dir", required=True)
-    ap.add_argument("--tag", default="fwd")
+def add_timing_args(ap):
+    """The shape and timing flags time_sdpa reads (shared with hopper_compare.py)."""
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--sets", type=int, default=3)
     ap.add_argument("--command", default="", help="the command line that produced these results")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ours", required=True, help="attn_bench CSV")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--tag", default="fwd")
+    add_timing_args(ap)
     args = ap.parse_args()
 
     ours = {}

@@ -1,16 +1,23 @@
 // The public forward entry: checks, the FP32 path's preparation, and the one place that maps
-// (element type, head dim) to a kernel instantiation.
+// (device, element type, head dim) to a kernel: the Hopper kernel (hopper/) on sm_90 where it
+// applies, else an mma.sync instantiation.
 #include "attnd/kernels/flash_fwd.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/fast_math.cuh"
 #include "flash_fwd_args.cuh"
 #include "flash_fwd_fp32.cuh"
+#if ATTND_HAVE_HOPPER_FWD
+#include "hopper/flash_fwd_hopper.h"
+#endif
 
 namespace attnd::kernels {
 namespace detail {
@@ -66,6 +73,45 @@ size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// True when the current device is sm_90 (the Hopper kernel is built for sm_90a only). Cached per
+// device: the attribute query is cheap, but FlashFwd runs per request.
+bool CurrentDeviceIsSm90() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    cudaGetLastError();
+    return false;
+  }
+  int state = cached[device].load(std::memory_order_relaxed);
+  if (state == 0) {
+    int major = 0, minor = 0;
+    const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
+    if (!ok) cudaGetLastError();
+    state = ok && major == 9 && minor == 0 ? 1 : 2;
+    cached[device].store(state, std::memory_order_relaxed);
+  }
+  return state == 1;
+}
+
+bool HopperKernelRuns(const FlashFwdParams& p) {
+#if ATTND_HAVE_HOPPER_FWD
+  return HopperFwdSupports(p) && CurrentDeviceIsSm90();
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+bool MmaSyncForcedByEnvironment() {
+  static const bool forced = [] {
+    const char* s = std::getenv("ATTND_FWD_KERNEL");
+    return s != nullptr && std::strcmp(s, "mma_sync") == 0;
+  }();
+  return forced;
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -96,7 +142,19 @@ cudaError_t FlashFwdCheck(const FlashFwdParams& p) {
   return cudaSuccess;
 }
 
+FwdKernel FlashFwdSelectKernel(const FlashFwdParams& p) {
+  switch (p.kernel) {
+    case FwdKernel::kMmaSync: return FwdKernel::kMmaSync;
+    case FwdKernel::kHopper: return detail::HopperKernelRuns(p) ? FwdKernel::kHopper : FwdKernel::kAuto;
+    case FwdKernel::kAuto: break;
+  }
+  return !detail::MmaSyncForcedByEnvironment() && detail::HopperKernelRuns(p) ? FwdKernel::kHopper : FwdKernel::kMmaSync;
+}
+
 size_t FlashFwdWorkspaceBytes(const FlashFwdParams& p) {
+#if ATTND_HAVE_HOPPER_FWD
+  if (FlashFwdSelectKernel(p) == FwdKernel::kHopper) return detail::kHopperFwdWorkspaceBytes;
+#endif
   if (p.dtype != ElementType::kFP32) return 0;
   using detail::AlignUp;
   const size_t q = size_t(p.total_q) * p.heads_q * p.head_dim * sizeof(__half);
@@ -109,6 +167,11 @@ cudaError_t FlashFwd(const FlashFwdParams& p, void* workspace, cudaStream_t stre
   if (err != cudaSuccess) return err;
   if (p.batch == 0 || p.total_q == 0) return cudaSuccess;
   detail::FwdKernelArgs args = detail::MakeArgs(p);
+  const FwdKernel kernel = FlashFwdSelectKernel(p);
+  if (kernel == FwdKernel::kAuto) return cudaErrorNotSupported;  // kHopper forced, cannot run
+#if ATTND_HAVE_HOPPER_FWD
+  if (kernel == FwdKernel::kHopper) return detail::RunFlashFwdHopper(p, args, workspace, stream);
+#endif
   switch (p.dtype) {
     case ElementType::kBF16:
       return detail::dispatch_head_dim<__nv_bfloat16, __nv_bfloat16>(p.head_dim, args, p.batch, p.causal, stream);

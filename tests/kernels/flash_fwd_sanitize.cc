@@ -1,6 +1,7 @@
-// Runs the forward kernel once on each of a few small shapes covering every code path, for
+// Runs the forward kernels once on each of a few small shapes covering every code path, for
 // compute-sanitizer (memcheck: out-of-bounds and misaligned accesses; racecheck: shared-memory
-// hazards). Exits non-zero on any CUDA error. Usage: flash_fwd_sanitize (no arguments).
+// hazards), on every forward kernel the device can run (mma.sync; Hopper on sm_90). Exits non-zero
+// on any CUDA error. Usage: flash_fwd_sanitize [hopper]   (hopper: the Hopper kernel only).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -16,6 +18,9 @@
 namespace {
 
 using attnd::kernels::ElementType;
+using attnd::kernels::FwdKernel;
+
+bool g_only_hopper = false;  // argv[1] == "hopper": skip the mma.sync kernel
 
 #define CHECK(expr)                                                                      \
   do {                                                                                   \
@@ -78,16 +83,24 @@ void RunOne(ElementType t, int d, std::vector<int> sq, std::vector<int> sk, bool
   p.cu_seqlens_k = static_cast<int32_t*>(ck);
   const size_t ws_bytes = attnd::kernels::FlashFwdWorkspaceBytes(p);
   if (ws_bytes) CHECK(cudaMalloc(&ws, ws_bytes));
-  CHECK(attnd::kernels::FlashFwd(p, ws, nullptr));
-  CHECK(cudaDeviceSynchronize());
+  // Every kernel that can run this problem here: mma.sync always, Hopper on sm_90.
+  for (FwdKernel kernel : {FwdKernel::kMmaSync, FwdKernel::kHopper}) {
+    if (g_only_hopper && kernel != FwdKernel::kHopper) continue;
+    p.kernel = kernel;
+    if (attnd::kernels::FlashFwdSelectKernel(p) != kernel) continue;
+    CHECK(attnd::kernels::FlashFwd(p, ws, nullptr));
+    CHECK(cudaDeviceSynchronize());
+    std::printf("ok: %s dtype %d d %d batch %d causal %d packed %d\n", kernel == FwdKernel::kHopper ? "hopper" : "mma_sync",
+                int(t), d, p.batch, causal, packed);
+  }
   for (void* ptr : {q, k, v, out, lse, cq, ck, ws})
     if (ptr) CHECK(cudaFree(ptr));
-  std::printf("ok: dtype %d d %d batch %d causal %d packed %d\n", int(t), d, p.batch, causal, packed);
 }
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  g_only_hopper = argc > 1 && std::strcmp(argv[1], "hopper") == 0;
   for (ElementType t : {ElementType::kBF16, ElementType::kFP16, ElementType::kFP32})
     for (int d : {32, 64, 96, 128, 256})
       for (bool causal : {false, true}) RunOne(t, d, {70}, {70}, causal, false);
@@ -95,6 +108,7 @@ int main() {
     for (bool causal : {false, true}) {
       RunOne(ElementType::kBF16, d, {3, 0, 130, 17, 65}, {5, 9, 130, 0, 200}, causal, true);
       RunOne(ElementType::kBF16, d, {200, 200}, {33, 33}, causal, false);
+      RunOne(ElementType::kFP16, d, {1, 17}, {17, 300}, causal, true);
     }
   std::printf("all sanitizer shapes ran\n");
   return 0;

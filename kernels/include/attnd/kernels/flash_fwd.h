@@ -1,4 +1,5 @@
-// FlashAttention-2 forward on NVIDIA GPUs (sm_80+, tuned for sm_90), hand-written with mma.sync.
+// FlashAttention forward on NVIDIA GPUs: a FlashAttention-2 kernel with mma.sync (sm_80+), and on
+// sm_90 a Hopper kernel with wgmma, TMA and warp specialisation (see FwdKernel below).
 //
 // Layout (the packed layout of server/core/attention_problem.h): q [total_q, heads_q, head_dim],
 // k/v [total_k, heads_kv, head_dim], out like q; sequence b spans rows cu_seqlens_q[b] ..
@@ -35,6 +36,13 @@ namespace attnd::kernels {
 
 enum class ElementType { kBF16, kFP16, kFP32 };
 
+// Which forward kernel runs. kAuto: the Hopper kernel (wgmma, TMA, warp specialisation; sm_90
+// devices, BF16/FP16, head dim 64 or 128, positive softmax scale) where it applies, the mma.sync
+// kernel otherwise; the environment variable ATTND_FWD_KERNEL=mma_sync makes kAuto always pick
+// the mma.sync kernel. kMmaSync / kHopper force one (FlashFwd returns cudaErrorNotSupported when
+// the Hopper kernel cannot run this problem on this device); the tests use them to cover both.
+enum class FwdKernel { kAuto, kMmaSync, kHopper };
+
 struct FlashFwdParams {
   ElementType dtype = ElementType::kBF16;  // of q, k, v and out
 
@@ -68,6 +76,8 @@ struct FlashFwdParams {
 
   bool causal = false;
   float softmax_scale = 0.f;  // any finite non-zero value (negative works too)
+
+  FwdKernel kernel = FwdKernel::kAuto;
 };
 
 // Fills the strides of contiguous packed tensors: q/out [*, heads_q, head_dim], k/v [*, heads_kv,
@@ -78,13 +88,18 @@ void SetContiguousStrides(FlashFwdParams& p);
 // multiples of 8 elements, 16-byte aligned pointers). cudaErrorInvalidValue when one is off.
 cudaError_t FlashFwdCheck(const FlashFwdParams& p);
 
-// Bytes of device workspace flash_fwd needs (0 for BF16/FP16; the FP16 copies of q/k/v plus a few
-// scale words for FP32).
+// Bytes of device workspace FlashFwd uses for p on the current device: the FP16 copies of q/k/v
+// plus a few scale words for FP32; 256 (a tile counter) when the Hopper kernel runs; else 0.
 size_t FlashFwdWorkspaceBytes(const FlashFwdParams& p);
 
+// The kernel FlashFwd would run for p on the current device: kMmaSync or kHopper (kAuto resolved),
+// or kAuto when p forces kHopper and the Hopper kernel cannot run it.
+FwdKernel FlashFwdSelectKernel(const FlashFwdParams& p);
+
 // Launches the forward pass on `stream` (asynchronous). `workspace` must hold
-// FlashFwdWorkspaceBytes(p) bytes (256-byte aligned; cudaMalloc memory is) when that is non-zero.
-// Returns the first CUDA error of the check or the launches.
+// FlashFwdWorkspaceBytes(p) bytes (256-byte aligned; cudaMalloc memory is) for FP32; for BF16/FP16
+// it may be nullptr (the Hopper kernel then hands out its tiles statically, a little less evenly
+// on causal problems). Returns the first CUDA error of the check or the launches.
 cudaError_t FlashFwd(const FlashFwdParams& p, void* workspace, cudaStream_t stream);
 
 }  // namespace attnd::kernels
