@@ -4,20 +4,53 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <type_traits>
+
 #include "flash_bwd_kernel.cuh"
 
 namespace attnd::kernels::bwd {
+
+template <typename T, typename Tile, bool kDeterministic>
+cudaError_t launch_flash_bwd_kernel(const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
+  auto kernel = flash_bwd_kernel<T, Tile, kDeterministic>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  return cudaGetLastError();
+}
 
 template <typename T, typename Tile>
 cudaError_t launch_flash_bwd(const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return cudaSuccess;
   // The deterministic variant is its own instantiation so that its dQ slice updates cost the
   // atomic path no registers.
-  auto kernel = args.deterministic ? flash_bwd_kernel<T, Tile, true> : flash_bwd_kernel<T, Tile, false>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
-  return cudaGetLastError();
+  return args.deterministic ? launch_flash_bwd_kernel<T, Tile, true>(args, grid, stream)
+                            : launch_flash_bwd_kernel<T, Tile, false>(args, grid, stream);
+}
+
+// EXPERIMENT (bench/NOTES_BWD.md, version 8): alternative tiles for bf16 atomic runs, chosen by
+// ATTND_BWD_VARIANT; 0 or unset: the default tile.
+inline int ExperimentVariant() {
+  const char* e = std::getenv("ATTND_BWD_VARIANT");
+  return e != nullptr ? std::atoi(e) : 0;
+}
+
+template <typename T, int kHeadDim>
+cudaError_t run_experiment(int variant, const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
+  if (grid.x == 0) return cudaSuccess;
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && kHeadDim == 64) {
+    switch (variant) {
+      case 2: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4>, false>(args, grid, stream);
+      case 3: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleDqMiddle>, false>(args, grid, stream);
+      case 4: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleMaskCopies>, false>(args, grid, stream);
+      case 5: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 2, 4, 4, 1, kScheduleMaskCopies>, false>(args, grid, stream);
+      case 6: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleMaskCopies | kScheduleDqMiddle>, false>(args, grid, stream);
+      default: break;
+    }
+  }
+  return args.causal ? launch_flash_bwd<T, typename DefaultBwdTile<kHeadDim, true>::type>(args, grid, stream)
+                     : launch_flash_bwd<T, typename DefaultBwdTile<kHeadDim, false>::type>(args, grid, stream);
 }
 
 // The entry the dispatcher calls: the tuned tile for the head dim and causality. Both share
@@ -27,6 +60,9 @@ cudaError_t run_flash_bwd(const BwdKernelArgs& args, dim3 grid, cudaStream_t str
   using Causal = typename DefaultBwdTile<kHeadDim, true>::type;
   using NonCausal = typename DefaultBwdTile<kHeadDim, false>::type;
   static_assert(Causal::kBlockN == NonCausal::kBlockN, "one grid for both");
+  if (!args.deterministic) {
+    if (const int variant = ExperimentVariant(); variant != 0) return run_experiment<T, kHeadDim>(variant, args, grid, stream);
+  }
   return args.causal ? launch_flash_bwd<T, Causal>(args, grid, stream) : launch_flash_bwd<T, NonCausal>(args, grid, stream);
 }
 

@@ -26,6 +26,8 @@ namespace attnd::kernels::bwd {
 
 // Schedule options of the tile loop (kSchedule bits).
 inline constexpr int kScheduleFusedSdP = 1;  // S and dP in one k-loop (more ILP, more registers)
+inline constexpr int kScheduleDqMiddle = 2;   // dV, then dQ, then dK (else dV and dK together, then dQ)
+inline constexpr int kScheduleMaskCopies = 4; // softmax compiled with and without the mask
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarpsMS_, int kWarpsNKV_, int kWarpsMQ_, int kDqPasses_ = 1,
           int kSchedule_ = 0, int kStages_ = 2>
@@ -58,6 +60,8 @@ struct BwdTile {
   static constexpr int kNjQ = kHeadDim / 16 / kWarpsDQ;
   static constexpr int kDqPasses = kDqPasses_;  // dQ computed in this many column slices
   static constexpr bool kFusedSdP = (kSchedule_ & kScheduleFusedSdP) != 0;
+  static constexpr bool kDqMiddle = (kSchedule_ & kScheduleDqMiddle) != 0;
+  static constexpr bool kMaskCopies = (kSchedule_ & kScheduleMaskCopies) != 0;
 
   // Shared memory: rows of head_dim (Q, dO, K, V) and rows of kBlockN (P, dS), both swizzled.
   using RowsD = detail::SwizzledRows<kHeadDim>;
