@@ -122,6 +122,17 @@ def write_csv(rows, path):
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in FIELDS})
 
 
+def report(rows, args, title, flops_text, who_text):
+    """Writes <out-dir>/<tag>.csv; returns that path's stem and the Markdown lines of the tables
+    (title, the measuring rule, who is who, the command, per-seqlen table, harmonic means)."""
+    base = os.path.join(args.out_dir, args.tag)
+    os.makedirs(args.out_dir, exist_ok=True)
+    write_csv(rows, base + ".csv")
+    rule = (f"B*N = {args.tokens} tokens, H*d = {args.hidden}; TFLOP/s = {flops_text} / t (half when causal); "
+            f"median of {args.iters} runs after {args.warmup} warm-up, inputs rotated over {args.sets} copies.")
+    return base, table_lines(rows, title, [rule, who_text], args.command)
+
+
 def table_lines(rows, title, preamble, command):
     """Markdown: title, preamble lines, the command, the per-seqlen table and the harmonic means."""
     lines = [title, ""] + preamble + [""]
@@ -141,14 +152,22 @@ def table_lines(rows, title, preamble, command):
     return lines
 
 
-def plot_tflops(rows, path, title):
-    """One panel per (dtype, d, causal): TFLOP/s against seqlen for attnd, FA2 and cuDNN."""
+def pyplot():
+    """matplotlib.pyplot with a file backend, or None (and a note) where it is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError as e:
         print(f"no plots: {e}", file=sys.stderr)
+        return None
+
+
+def plot_tflops(rows, path, title):
+    """One panel per (dtype, d, causal): TFLOP/s against seqlen for attnd, FA2 and cuDNN."""
+    plt = pyplot()
+    if plt is None:
         return
     groups = groups_of(rows)
     cols = max(1, (len(groups) + 1) // 2)

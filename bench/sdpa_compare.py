@@ -10,8 +10,6 @@ Writes (under --out-dir, named with --tag): <tag>.csv, <tag>.md, <tag>_tflops.pn
 <tag>_memory.png; prints the table last.
 """
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +59,8 @@ def naive_peak_bytes(dtype, d, n, args):
 
 
 def plot_memory(mem, path, args):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        print(f"no plots: {e}", file=sys.stderr)
+    plt = common.pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 5))
     xs = [m["seqlen"] for m in mem]
@@ -95,15 +89,8 @@ def main():
             mem.append({"seqlen": n, "ours_bytes": int(ours[key]["alloc_bytes"]),
                         "naive_bytes": naive_peak_bytes(torch.bfloat16, d, n, args)})
 
-    base = os.path.join(args.out_dir, args.tag)
-    os.makedirs(args.out_dir, exist_ok=True)
-    common.write_csv(rows, base + ".csv")
-    lines = common.table_lines(
-        rows, f"# Forward attention, {device}",
-        [f"B*N = {args.tokens} tokens, H*d = {args.hidden}; TFLOP/s = 4*B*H*N^2*d / t (half when causal); "
-         f"median of {args.iters} runs after {args.warmup} warm-up, inputs rotated over {args.sets} copies.",
-         "fa2 = torch SDPA FLASH_ATTENTION backend (FlashAttention-2), cudnn = CUDNN_ATTENTION."],
-        args.command)
+    base, lines = common.report(rows, args, f"# Forward attention, {device}", "4*B*H*N^2*d",
+                                "fa2 = torch SDPA FLASH_ATTENTION backend (FlashAttention-2), cudnn = CUDNN_ATTENTION.")
     if mem:
         lines += ["", "Peak device memory, bf16 d=128 non-causal (GiB): attnd allocations vs naive materialised softmax", "",
                   "| seqlen | attnd | naive |", "|---|---|---|"]

@@ -10,8 +10,6 @@ FlashAttention).
 Writes (under --out-dir, named with --tag): <tag>.csv, <tag>.md, <tag>_tflops.png; prints the
 table last.
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -47,16 +45,10 @@ def main():
     device = torch.cuda.get_device_name(0)
     rows = common.compare(ours, time_sdpa_bwd(args), flops, args)
 
-    base = os.path.join(args.out_dir, args.tag)
-    os.makedirs(args.out_dir, exist_ok=True)
-    common.write_csv(rows, base + ".csv")
-    lines = common.table_lines(
-        rows, f"# Backward attention, {device}",
-        [f"B*N = {args.tokens} tokens, H*d = {args.hidden}; TFLOP/s = 2.5*4*B*H*N^2*d / t (half when causal); "
-         f"median of {args.iters} runs after {args.warmup} warm-up, inputs rotated over {args.sets} copies.",
-         "ours = attnd FlashBwd (whole call: dQ clear, pre-pass, main kernel, dQ conversion); "
-         "fa2 = torch SDPA FLASH_ATTENTION backward (FlashAttention-2), cudnn = CUDNN_ATTENTION backward."],
-        args.command)
+    base, lines = common.report(
+        rows, args, f"# Backward attention, {device}", "2.5*4*B*H*N^2*d",
+        "ours = attnd FlashBwd (whole call: dQ clear, pre-pass, main kernel, dQ conversion); "
+        "fa2 = torch SDPA FLASH_ATTENTION backward (FlashAttention-2), cudnn = CUDNN_ATTENTION backward.")
     common.plot_tflops(rows, base + "_tflops.png", f"Backward attention TFLOP/s, {device}")
     common.finish(lines, base)
 

@@ -35,29 +35,25 @@ constexpr size_t kAlign = 256;
 size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <int kHeadDim>
-constexpr int BlockN() { return DefaultBwdTile<kHeadDim, true>::type::kBlockN; }
-template <int kHeadDim>
-constexpr int BlockM() { return DefaultBwdTile<kHeadDim, false>::type::kBlockM; }
+// Keys per CTA (the grid's key blocks; causal and non-causal tiles share it) and query rows per
+// tile of the non-causal tile (the plan's measure of a unit's length).
+struct TileRows {
+  int block_n;
+  int block_m;
+};
 
-int TileBlockN(int head_dim) {
-  switch (head_dim) {
-    case 32: return BlockN<32>();
-    case 64: return BlockN<64>();
-    case 96: return BlockN<96>();
-    case 128: return BlockN<128>();
-    default: return BlockN<256>();
-  }
+template <int kHeadDim>
+constexpr TileRows RowsOf() {
+  return {DefaultBwdTile<kHeadDim, true>::type::kBlockN, DefaultBwdTile<kHeadDim, false>::type::kBlockM};
 }
 
-// Query rows per tile of the non-causal tile (the plan's estimate of a unit's length).
-int TileBlockM(int head_dim) {
+TileRows TileRowsOf(int head_dim) {
   switch (head_dim) {
-    case 32: return BlockM<32>();
-    case 64: return BlockM<64>();
-    case 96: return BlockM<96>();
-    case 128: return BlockM<128>();
-    default: return BlockM<256>();
+    case 32: return RowsOf<32>();
+    case 64: return RowsOf<64>();
+    case 96: return RowsOf<96>();
+    case 128: return RowsOf<128>();
+    default: return RowsOf<256>();
   }
 }
 
@@ -101,7 +97,7 @@ int MultiprocessorCount() {
 
 Plan MakePlan(const FlashBwdParams& p, int sms) {
   Plan plan;
-  const int block_n = TileBlockN(p.head_dim);
+  const int block_n = TileRowsOf(p.head_dim).block_n;
   plan.n_blocks = (p.max_seqlen_k + block_n - 1) / block_n;
   const int group = p.heads_q / p.heads_kv;
   // One CTA per SM (8 warps, ~160 KB of shared memory). With fewer (key block, KV head, sequence)
@@ -129,7 +125,7 @@ Plan MakePlan(const FlashBwdParams& p, int sms) {
     // non-causal problem) or when there are fewer units than SMs (flash_bwd_tail.cuh).
     const int64_t units = int64_t{plan.n_blocks} * p.heads_kv * plan.head_splits * p.batch;
     const int64_t tail = units < sms ? units : units % sms;
-    const int block_m = TileBlockM(p.head_dim);
+    const int block_m = TileRowsOf(p.head_dim).block_m;
     const int64_t items = int64_t{(p.max_seqlen_q + block_m - 1) / block_m} * plan.heads_per_split;
     if (!p.causal || units < sms) plan.tail_pieces = ChooseTailPieces(tail, items, sms);
     if (const char* e = std::getenv("ATTND_BWD_TAIL"); e != nullptr && std::atoi(e) == 0) plan.tail_pieces = 1;  // EXPERIMENT
@@ -310,7 +306,7 @@ cudaError_t CheckShape(const FlashBwdParams& p) {
   if (p.max_seqlen_q < 0 || p.max_seqlen_k < 0 || p.total_q < 0 || p.total_k < 0) return cudaErrorInvalidValue;
   if (p.batch > 65535 || int64_t{p.heads_q} > 65535) return cudaErrorInvalidValue;
   // The atomic mode's 1-D grid: every (key block, query head, sequence) at most once.
-  const int block_n = TileBlockN(p.head_dim);
+  const int block_n = TileRowsOf(p.head_dim).block_n;
   if (int64_t{(p.max_seqlen_k + block_n - 1) / block_n} * p.heads_q * p.batch > INT32_MAX) return cudaErrorInvalidValue;
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale == 0.f) return cudaErrorInvalidValue;
   // 16-byte vectors everywhere: 8 elements of 16 bits, 4 of FP32.
