@@ -49,6 +49,12 @@ cudaError_t run_experiment(int variant, const BwdKernelArgs& args, dim3 grid, cu
       default: break;
     }
   }
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && kHeadDim == 128) {
+    switch (variant) {
+      case 7: return launch_flash_bwd_kernel<T, BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleMaskCopies>, false>(args, grid, stream);
+      default: break;
+    }
+  }
   return args.causal ? launch_flash_bwd<T, typename DefaultBwdTile<kHeadDim, true>::type>(args, grid, stream)
                      : launch_flash_bwd<T, typename DefaultBwdTile<kHeadDim, false>::type>(args, grid, stream);
 }
