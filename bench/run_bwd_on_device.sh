@@ -10,6 +10,8 @@
 #   BIN=dir                                           (prebuilt flash_bwd_test, attn_bench_bwd: no build step)
 #   VARIANTS="label|ENV=1 ENV2=0|attn_bench_bwd args" (one per line; step "variants": one CSV each and
 #                                                      a table of harmonic means per configuration)
+#   VARIANTS_FILE=bench/bwd_variants_v8.txt           (the same list from a file)
+#   SUFFIX=_final                                     (the SDPA table is ${TAG}_bwd${SUFFIX}.md/.csv/png)
 # Run from the repository root with .devdeps/googletest carried along:
 #   run(command="STEPS='...' bash bench/run_bwd_on_device.sh", carry=[".devdeps"])
 set -uo pipefail
@@ -20,6 +22,7 @@ STEPS=${STEPS:-"build test sanitize sass bench sdpa"}
 TAG=${TAG:-$(date +%Y-%m-%d)_h100}
 BUILD=build-dev-bwd
 BIN=${BIN:-$BUILD/bin}
+if [[ -z "${VARIANTS:-}" && -n "${VARIANTS_FILE:-}" ]]; then VARIANTS=$(cat "$VARIANTS_FILE"); fi
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
@@ -154,8 +157,8 @@ if has ncu; then
 fi
 
 if has sdpa; then
-  PYTHONUNBUFFERED=1 python3 bench/sdpa_compare_bwd.py --ours "$OUT/${TAG}_bwd_attnd.csv" --out-dir "$OUT" --tag "${TAG}_bwd" \
-    --command "STEPS=\"$STEPS\" TAG=$TAG bash bench/run_bwd_on_device.sh  # bench/run_bwd_on_device.sh, device: $(head -2 "$LOG/gpu.txt" | tail -1 | cut -d, -f1)" \
+  PYTHONUNBUFFERED=1 python3 bench/sdpa_compare_bwd.py --ours "$OUT/${TAG}_bwd_attnd.csv" --out-dir "$OUT" --tag "${TAG}_bwd${SUFFIX:-}" \
+    --command "STEPS=\"$STEPS\" TAG=$TAG SUFFIX=${SUFFIX:-} bash bench/run_bwd_on_device.sh  # bench/run_bwd_on_device.sh, device: $(head -2 "$LOG/gpu.txt" | tail -1 | cut -d, -f1)" \
     > "$LOG/sdpa_table.txt" 2> "$LOG/sdpa.log"
   note "sdpa_compare_bwd: rc=$? ($(elapsed))"
   tail -5 "$LOG/sdpa.log"

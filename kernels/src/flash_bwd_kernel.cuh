@@ -387,8 +387,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
       // Only tiles that cross the causal diagonal or the end of the keys need the mask. By default
       // the mask is a per-element compare and select that is a no-op elsewhere (last = a large
       // number); kMaskCopies compiles the softmax twice instead, the products with it in each copy
-      // (one basic block, so that the exp2 of finished accumulators can issue among the last mma:
-      // with a branch between them it measured -3% at d = 64).
+      // (one basic block, so that the exp2 of finished accumulators can issue among the last mma;
+      // run 11, with a branch between them, lost ~3% on every non-fused path: bench/NOTES_BWD.md).
       const bool need_mask = (n0 + kBlockN > seqlen_k) || (args.causal && n0 + kBlockN - 1 > m0 + diag);
       // Built after the products (nothing extra live across their mma).
       auto softmax_rows = [&]() {

@@ -29,8 +29,12 @@ cudaError_t launch_flash_bwd(const BwdKernelArgs& args, dim3 grid, cudaStream_t 
                             : launch_flash_bwd_kernel<T, Tile, false>(args, grid, stream);
 }
 
-// EXPERIMENT (bench/NOTES_BWD.md, version 8): alternative tiles for bf16 atomic runs, chosen by
-// ATTND_BWD_VARIANT; 0 or unset: the default tile.
+// EXPERIMENT (bench/NOTES_BWD.md, version 8; remove once measured): alternative tiles for bf16
+// atomic runs, chosen by ATTND_BWD_VARIANT (bench/bwd_variants_v8.txt); 0 or unset: the default.
+//   1: d = 64 2 x 4 S/dP warps, predicated mask (the tile before version 8)
+//   2: d = 64 4 x 2, predicated mask            4: d = 64 4 x 2, mask copies (the default)
+//   5: d = 64 2 x 4, mask copies                6: d = 64 4 x 2, mask copies, dV -> dQ -> dK
+//   7: d = 128 two S/dP loops, mask copies (causal default: predicated)
 inline int ExperimentVariant() {
   const char* e = std::getenv("ATTND_BWD_VARIANT");
   return e != nullptr ? std::atoi(e) : 0;
@@ -41,8 +45,8 @@ cudaError_t run_experiment(int variant, const BwdKernelArgs& args, dim3 grid, cu
   if (grid.x == 0) return cudaSuccess;
   if constexpr (std::is_same_v<T, __nv_bfloat16> && kHeadDim == 64) {
     switch (variant) {
+      case 1: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 2, 4, 4>, false>(args, grid, stream);
       case 2: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4>, false>(args, grid, stream);
-      case 3: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleDqMiddle>, false>(args, grid, stream);
       case 4: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleMaskCopies>, false>(args, grid, stream);
       case 5: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 2, 4, 4, 1, kScheduleMaskCopies>, false>(args, grid, stream);
       case 6: return launch_flash_bwd_kernel<T, BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleMaskCopies | kScheduleDqMiddle>, false>(args, grid, stream);

@@ -98,7 +98,11 @@ struct BwdTile {
 
 // The tuned choice per head dim and causality (bench/NOTES_BWD.md has the measurements).
 // - d = 64: 128 query rows per tile, as FlashAttention-2: half the barriers and P/dS round trips
-//   per FLOP and 64 x 32 S/dP warp tiles; +4-10% over 64 rows.
+//   per FLOP; +4-10% over 64 rows. S/dP warps 4 x 2 (32 x 64 warp tiles, also FlashAttention-2's
+//   choice) measured +4% over 2 x 4 non-causal (version 8, run 11), with the softmax compiled with
+//   and without the mask (kScheduleMaskCopies: the only build of 4 x 2 without spills in the tile
+//   loop; 2 x 4 with the predicated mask now has 4 LDL per tile in bf16). Causal: not yet
+//   measured with this tile (bench/NOTES_BWD.md, run 12 plan).
 // - d = 128 non-causal: S and dP in one k-loop (16 independent accumulators per k-slice instead
 //   of 8: the kernel is latency bound with two warps per scheduler); +2.5-4%. Causal keeps the
 //   two loops: with fewer tiles per CTA and masked diagonal tiles the fused loop measured 2-3%
@@ -107,7 +111,7 @@ struct BwdTile {
 template <int kHeadDim, bool kCausal>
 struct DefaultBwdTile;
 template <bool kCausal> struct DefaultBwdTile<32, kCausal> { using type = BwdTile<32, 64, 128, 2, 4, 4>; };
-template <bool kCausal> struct DefaultBwdTile<64, kCausal> { using type = BwdTile<64, 128, 128, 2, 4, 4>; };
+template <bool kCausal> struct DefaultBwdTile<64, kCausal> { using type = BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleMaskCopies>; };
 template <bool kCausal> struct DefaultBwdTile<96, kCausal> { using type = BwdTile<96, 64, 128, 2, 4, 4>; };
 template <> struct DefaultBwdTile<128, true> { using type = BwdTile<128, 64, 128, 2, 4, 2>; };
 template <> struct DefaultBwdTile<128, false> { using type = BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleFusedSdP>; };
