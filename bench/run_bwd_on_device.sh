@@ -10,7 +10,7 @@
 #   BIN=dir                                           (prebuilt flash_bwd_test, attn_bench_bwd: no build step)
 #   VARIANTS="label|ENV=1 ENV2=0|attn_bench_bwd args" (one per line; step "variants": one CSV each and
 #                                                      a table of harmonic means per configuration)
-#   VARIANTS_FILE=bench/bwd_variants_v8.txt           (the same list from a file)
+#   VARIANTS_FILE=path                                (the same list from a file)
 #   SUFFIX=_final                                     (the SDPA table is ${TAG}_bwd${SUFFIX}.md/.csv/png)
 # Run from the repository root with .devdeps/googletest carried along:
 #   run(command="STEPS='...' bash bench/run_bwd_on_device.sh", carry=[".devdeps"])

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 
 #include "common/fast_math.cuh"
 #include "flash_bwd_args.cuh"
@@ -128,7 +127,6 @@ Plan MakePlan(const FlashBwdParams& p, int sms) {
     const int block_m = TileRowsOf(p.head_dim).block_m;
     const int64_t items = int64_t{(p.max_seqlen_q + block_m - 1) / block_m} * plan.heads_per_split;
     if (!p.causal || units < sms) plan.tail_pieces = ChooseTailPieces(tail, items, sms);
-    if (const char* e = std::getenv("ATTND_BWD_TAIL"); e != nullptr && std::atoi(e) == 0) plan.tail_pieces = 1;  // EXPERIMENT
     plan.tail_units = plan.tail_pieces > 1 ? tail : 0;
     plan.full_ctas = units - plan.tail_units;
     plan.grid = dim3(static_cast<unsigned>(plan.full_ctas + plan.tail_units * plan.tail_pieces));

@@ -26,8 +26,7 @@ namespace attnd::kernels::bwd {
 
 // Schedule options of the tile loop (kSchedule bits).
 inline constexpr int kScheduleFusedSdP = 1;  // S and dP in one k-loop (more ILP, more registers)
-inline constexpr int kScheduleDqMiddle = 2;   // dV, then dQ, then dK (else dV and dK together, then dQ)
-inline constexpr int kScheduleMaskCopies = 4; // softmax compiled with and without the mask
+inline constexpr int kScheduleMaskCopies = 2; // softmax compiled with and without the mask
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarpsMS_, int kWarpsNKV_, int kWarpsMQ_, int kDqPasses_ = 1,
           int kSchedule_ = 0, int kStages_ = 2>
@@ -60,7 +59,6 @@ struct BwdTile {
   static constexpr int kNjQ = kHeadDim / 16 / kWarpsDQ;
   static constexpr int kDqPasses = kDqPasses_;  // dQ computed in this many column slices
   static constexpr bool kFusedSdP = (kSchedule_ & kScheduleFusedSdP) != 0;
-  static constexpr bool kDqMiddle = (kSchedule_ & kScheduleDqMiddle) != 0;
   static constexpr bool kMaskCopies = (kSchedule_ & kScheduleMaskCopies) != 0;
 
   // Shared memory: rows of head_dim (Q, dO, K, V) and rows of kBlockN (P, dS), both swizzled.
@@ -99,10 +97,9 @@ struct BwdTile {
 // The tuned choice per head dim and causality (bench/NOTES_BWD.md has the measurements).
 // - d = 64: 128 query rows per tile, as FlashAttention-2: half the barriers and P/dS round trips
 //   per FLOP; +4-10% over 64 rows. S/dP warps 4 x 2 (32 x 64 warp tiles, also FlashAttention-2's
-//   choice) measured +4% over 2 x 4 non-causal (version 8, run 11), with the softmax compiled with
-//   and without the mask (kScheduleMaskCopies: the only build of 4 x 2 without spills in the tile
-//   loop; 2 x 4 with the predicated mask now has 4 LDL per tile in bf16). Causal: not yet
-//   measured with this tile (bench/NOTES_BWD.md, run 12 plan).
+//   choice) with the softmax compiled with and without the mask (kScheduleMaskCopies: the only
+//   build of 4 x 2 without spills in the tile loop): +6% non-causal, +5% causal over 2 x 4 with
+//   the predicated mask, which now has 4 LDL per tile in bf16 (version 8, run 12).
 // - d = 128 non-causal: S and dP in one k-loop (16 independent accumulators per k-slice instead
 //   of 8: the kernel is latency bound with two warps per scheduler); +2.5-4%. Causal keeps the
 //   two loops: with fewer tiles per CTA and masked diagonal tiles the fused loop measured 2-3%
