@@ -7,24 +7,22 @@ timing rule: random inputs rotated over --sets copies, CUDA events, warm-up, med
 Writes <out-dir>/<tag>.csv and <tag>.md (per-shape TFLOP/s, harmonic means over the seqlens, and
 each implementation's ratio to FA2 and cuDNN); prints the harmonic-mean table last.
 """
-import argparse
 import csv
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sdpa_compare import BACKENDS, DTYPES, add_timing_args, hmean, time_sdpa  # noqa: E402
+import sdpa_common as common  # noqa: E402
+from sdpa_common import BACKENDS, DTYPES, hmean  # noqa: E402
+from sdpa_compare import flops, time_sdpa  # noqa: E402
 
 import torch  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ours", required=True, help="attn_bench CSV (impl column names each implementation)")
-    ap.add_argument("--out-dir", required=True)
-    ap.add_argument("--tag", required=True)
-    add_timing_args(ap)
-    args = ap.parse_args()
+    args = common.arg_parser(__doc__.splitlines()[0], "hopper_fwd",
+                             "attn_bench CSV (impl column names each implementation)").parse_args()
+    time_fn = time_sdpa(args)
 
     tflops, impls = {}, []
     with open(args.ours) as f:
@@ -36,9 +34,10 @@ def main():
     cols = impls + list(BACKENDS)
     for key in sorted(tflops):
         dt, d, causal, n = key
+        b, h = common.batch_heads(args, n, d)
         for backend in BACKENDS:
-            r = time_sdpa(backend, DTYPES[dt], d, bool(causal), n, args)
-            tflops[key][backend] = r[1] if r else float("nan")
+            ms = time_fn(backend, DTYPES[dt], d, bool(causal), n)
+            tflops[key][backend] = flops(b, h, n, d, bool(causal)) / (ms * 1e-3) / 1e12 if ms else float("nan")
         print(f"{key}: " + " ".join(f"{c} {tflops[key].get(c, float('nan')):.1f}" for c in cols), file=sys.stderr,
               flush=True)
 

@@ -3,9 +3,15 @@
 # tests, the sanitizers, the benchmark and the SDPA comparison; logs under $OUT (logs_bwd.tar.gz),
 # results (CSV, table, PNG) in $OUT; a short summary and the table last.
 #
-#   STEPS="build test sanitize sass bench det stalls sdpa ncu"  (default: build test sanitize sass bench sdpa)
+#   STEPS="build test sanitize sass bench det variants stalls sdpa ncu"
+#                                                     (default: build test sanitize sass bench sdpa)
 #   TAG=2026-11-23_h100                               (names the result files)
 #   BENCH_ARGS="..."                                  (extra attn_bench_bwd arguments)
+#   BIN=dir                                           (prebuilt flash_bwd_test, attn_bench_bwd: no build step)
+#   VARIANTS="label|ENV=1 ENV2=0|attn_bench_bwd args" (one per line; step "variants": one CSV each and
+#                                                      a table of harmonic means per configuration)
+#   VARIANTS_FILE=path                                (the same list from a file)
+#   SUFFIX=_final                                     (the SDPA table is ${TAG}_bwd${SUFFIX}.md/.csv/png)
 # Run from the repository root with .devdeps/googletest carried along:
 #   run(command="STEPS='...' bash bench/run_bwd_on_device.sh", carry=[".devdeps"])
 set -uo pipefail
@@ -15,6 +21,8 @@ mkdir -p "$LOG"
 STEPS=${STEPS:-"build test sanitize sass bench sdpa"}
 TAG=${TAG:-$(date +%Y-%m-%d)_h100}
 BUILD=build-dev-bwd
+BIN=${BIN:-$BUILD/bin}
+if [[ -z "${VARIANTS:-}" && -n "${VARIANTS_FILE:-}" ]]; then VARIANTS=$(cat "$VARIANTS_FILE"); fi
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
@@ -37,7 +45,7 @@ if has test; then
   # The float64 oracle dominates: 8 shards in parallel, one log each.
   pids=()
   for i in 0 1 2 3 4 5 6 7; do
-    GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i timeout 280 $BUILD/bin/flash_bwd_test > "$LOG/test_$i.log" 2>&1 &
+    GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i timeout 280 $BIN/flash_bwd_test > "$LOG/test_$i.log" 2>&1 &
     pids+=($!)
   done
   rc=0
@@ -65,11 +73,11 @@ fi
 
 if has sanitize; then
   f='--gtest_filter=FlashBwdSmall.*'
-  compute-sanitizer --tool memcheck --error-exitcode 1 $BUILD/bin/flash_bwd_test "$f" > "$LOG/memcheck.log" 2>&1
+  compute-sanitizer --tool memcheck --error-exitcode 1 $BIN/flash_bwd_test "$f" > "$LOG/memcheck.log" 2>&1
   note "memcheck: rc=$? $(grep -E 'ERROR SUMMARY' "$LOG/memcheck.log" | tail -1) ($(elapsed))"
-  compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 $BUILD/bin/flash_bwd_test "$f" > "$LOG/racecheck.log" 2>&1
+  compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 $BIN/flash_bwd_test "$f" > "$LOG/racecheck.log" 2>&1
   note "racecheck: rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$LOG/racecheck.log" | tail -1) ($(elapsed))"
-  compute-sanitizer --tool synccheck --error-exitcode 1 $BUILD/bin/flash_bwd_test "$f" > "$LOG/synccheck.log" 2>&1
+  compute-sanitizer --tool synccheck --error-exitcode 1 $BIN/flash_bwd_test "$f" > "$LOG/synccheck.log" 2>&1
   note "synccheck: rc=$? $(grep -E 'ERROR SUMMARY' "$LOG/synccheck.log" | tail -1) ($(elapsed))"
 fi
 
@@ -82,16 +90,40 @@ if has sass; then
 fi
 
 if has bench; then
-  $BUILD/bin/attn_bench_bwd --csv "$OUT/${TAG}_bwd_attnd.csv" ${BENCH_ARGS:-} > "$LOG/bench.log" 2>&1
+  $BIN/attn_bench_bwd --csv "$OUT/${TAG}_bwd_attnd.csv" ${BENCH_ARGS:-} > "$LOG/bench.log" 2>&1
   note "attn_bench_bwd: rc=$? ($(elapsed))"
   cat "$LOG/bench.log"
 fi
 
 if has det; then
   # Deterministic mode (dQ slices summed in a fixed order) on a few shapes.
-  $BUILD/bin/attn_bench_bwd --deterministic 1 --causal 0,1 --csv "$OUT/${TAG}_bwd_det.csv" ${DET_ARGS:---seqlens 1024,4096,16384} > "$LOG/bench_det.log" 2>&1
+  $BIN/attn_bench_bwd --deterministic 1 --causal 0,1 --csv "$OUT/${TAG}_bwd_det.csv" ${DET_ARGS:---seqlens 1024,4096,16384} > "$LOG/bench_det.log" 2>&1
   note "attn_bench_bwd --deterministic 1: rc=$? ($(elapsed))"
   cat "$LOG/bench_det.log"
+fi
+
+if has variants; then
+  # The same benchmark under several configurations (environment knobs of the library).
+  while IFS='|' read -r label envs bargs; do
+    [[ -z "$label" ]] && continue
+    env $envs $BIN/attn_bench_bwd $bargs --csv "$OUT/${TAG}_bwd_var_${label}.csv" > "$LOG/bench_var_${label}.log" 2>&1
+    note "variant $label ($envs; $bargs): rc=$? ($(elapsed))"
+  done <<< "$VARIANTS"
+  python3 - "$OUT" "$TAG" <<'PY' | tee "$LOG/variants.txt"
+import csv, glob, os, sys
+out, tag = sys.argv[1], sys.argv[2]
+print("| variant | dtype | d | causal | TFLOP/s per seqlen | hmean |")
+print("|---|---|---|---|---|---|")
+for path in sorted(glob.glob(os.path.join(out, f"{tag}_bwd_var_*.csv")), key=os.path.getmtime):
+    label = os.path.basename(path)[len(f"{tag}_bwd_var_"):-4]
+    groups = {}
+    for r in csv.DictReader(open(path)):
+        groups.setdefault((r["dtype"], r["head_dim"], r["causal"]), []).append((int(r["seqlen"]), float(r["tflops"])))
+    for (dt, d, c), xs in sorted(groups.items()):
+        xs.sort()
+        h = len(xs) / sum(1 / t for _, t in xs)
+        print(f"| {label} | {dt} | {d} | {c} | {' '.join(f'{t:.1f}' for _, t in xs)} | {h:.1f} |")
+PY
 fi
 
 if has stalls; then
@@ -99,7 +131,7 @@ if has stalls; then
   for v in ${STALL_CAUSAL:-0}; do
     ncu --clock-control none --kernel-name regex:flash_bwd_kernel --launch-skip 1 --launch-count 1 \
       --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum' \
-      $BUILD/bin/attn_bench_bwd --dims ${STALL_DIM:-128} --causal $v --seqlens 4096 --warmup 1 --iters 1 --sets 1 > "$LOG/stalls_$v.txt" 2>&1
+      $BIN/attn_bench_bwd --dims ${STALL_DIM:-128} --causal $v --seqlens 4096 --warmup 1 --iters 1 --sets 1 > "$LOG/stalls_$v.txt" 2>&1
     note "stalls (causal=$v): rc=$? ($(elapsed))"
     grep -E 'stalled|bank|wavefronts|hmma|duration' "$LOG/stalls_$v.txt" | awk '$NF+0 > 0.05 || /bank|wavefronts|hmma|duration/' | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | awk '{printf "  %-60s %s\n", $1, $NF}'
   done
@@ -113,20 +145,20 @@ if has ncu; then
       --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
       --section SchedulerStats --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
       --section InstructionStats --section LaunchStats \
-      $BUILD/bin/attn_bench_bwd --dims $d --causal 0 --seqlens 4096 --warmup 1 --iters 1 --sets 1 > "$LOG/ncu_d$d.txt" 2>&1
+      $BIN/attn_bench_bwd --dims $d --causal 0 --seqlens 4096 --warmup 1 --iters 1 --sets 1 > "$LOG/ncu_d$d.txt" 2>&1
     note "ncu d=$d: rc=$? ($(elapsed))"
     grep -E 'Duration|Compute \(SM\) Throughput|Registers Per|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall|Bank' "$LOG/ncu_d$d.txt" | head -20
   done
   ncu --clock-control none --kernel-name regex:'flash_bwd|preprocess|split_sum' --launch-skip 3 --launch-count 3 \
-    --section SpeedOfLight $BUILD/bin/attn_bench_bwd --dims 128 --causal 0 --seqlens 4096 --warmup 1 --iters 1 --sets 1 \
+    --section SpeedOfLight $BIN/attn_bench_bwd --dims 128 --causal 0 --seqlens 4096 --warmup 1 --iters 1 --sets 1 \
     > "$LOG/ncu_all.txt" 2>&1
   note "ncu all kernels: rc=$? ($(elapsed))"
   grep -E '^  [a-zA-Z_ ]+.*\(|Duration' "$LOG/ncu_all.txt" | cut -c1-120
 fi
 
 if has sdpa; then
-  PYTHONUNBUFFERED=1 python3 bench/sdpa_compare_bwd.py --ours "$OUT/${TAG}_bwd_attnd.csv" --out-dir "$OUT" --tag "${TAG}_bwd" \
-    --command "STEPS=\"$STEPS\" TAG=$TAG bash bench/run_bwd_on_device.sh  # bench/run_bwd_on_device.sh, device: $(head -2 "$LOG/gpu.txt" | tail -1 | cut -d, -f1)" \
+  PYTHONUNBUFFERED=1 python3 bench/sdpa_compare_bwd.py --ours "$OUT/${TAG}_bwd_attnd.csv" --out-dir "$OUT" --tag "${TAG}_bwd${SUFFIX:-}" \
+    --command "STEPS=\"$STEPS\" TAG=$TAG SUFFIX=${SUFFIX:-} bash bench/run_bwd_on_device.sh  # bench/run_bwd_on_device.sh, device: $(head -2 "$LOG/gpu.txt" | tail -1 | cut -d, -f1)" \
     > "$LOG/sdpa_table.txt" 2> "$LOG/sdpa.log"
   note "sdpa_compare_bwd: rc=$? ($(elapsed))"
   tail -5 "$LOG/sdpa.log"

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <climits>
 #include <cstdint>
 
 #include "common/fast_math.cuh"
@@ -17,6 +18,7 @@
 #include "flash_bwd_fp32.cuh"
 #include "flash_bwd_preprocess.cuh"
 #include "flash_bwd_reduce.cuh"
+#include "flash_bwd_tail.cuh"
 #include "flash_bwd_tile.cuh"
 
 namespace attnd::kernels {
@@ -32,16 +34,25 @@ constexpr size_t kAlign = 256;
 size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <int kHeadDim>
-constexpr int BlockN() { return DefaultBwdTile<kHeadDim, true>::type::kBlockN; }
+// Keys per CTA (the grid's key blocks; causal and non-causal tiles share it) and query rows per
+// tile of the non-causal tile (the plan's measure of a unit's length).
+struct TileRows {
+  int block_n;
+  int block_m;
+};
 
-int TileBlockN(int head_dim) {
+template <int kHeadDim>
+constexpr TileRows RowsOf() {
+  return {DefaultBwdTile<kHeadDim, true>::type::kBlockN, DefaultBwdTile<kHeadDim, false>::type::kBlockM};
+}
+
+TileRows TileRowsOf(int head_dim) {
   switch (head_dim) {
-    case 32: return BlockN<32>();
-    case 64: return BlockN<64>();
-    case 96: return BlockN<96>();
-    case 128: return BlockN<128>();
-    default: return BlockN<256>();
+    case 32: return RowsOf<32>();
+    case 64: return RowsOf<64>();
+    case 96: return RowsOf<96>();
+    case 128: return RowsOf<128>();
+    default: return RowsOf<256>();
   }
 }
 
@@ -64,9 +75,14 @@ struct Plan {
   int heads_per_split = 1;
   int dq_splits = 1;        // deterministic: dQ slices (= grid.x); else 1
   bool kv_partial = false;  // dK, dV through FP32 partial sums
+  int unit_ys = 1;          // KV heads x head splits
+  int64_t full_ctas = 0;    // atomic mode: CTAs that own a whole unit (flash_bwd_args.cuh)
+  int64_t tail_units = 0;   // units split into tail_pieces CTAs each (flash_bwd_tail.cuh)
+  int tail_pieces = 1;
   dim3 grid;
   int64_t lse_rows = 0;     // per-head stride of the lse/D arrays
   size_t off_factors = 0, off_stats = 0, off_lse = 0, off_dsum = 0, off_dq = 0, off_dk = 0, off_dv = 0;
+  size_t off_tail_arrivals = 0, off_tail_partial = 0;  // the arrivals are zeroed with dQ (just before it)
   size_t off_q16 = 0, off_k16 = 0, off_v16 = 0, off_do16 = 0;
   size_t bytes = 0;
 };
@@ -80,7 +96,7 @@ int MultiprocessorCount() {
 
 Plan MakePlan(const FlashBwdParams& p, int sms) {
   Plan plan;
-  const int block_n = TileBlockN(p.head_dim);
+  const int block_n = TileRowsOf(p.head_dim).block_n;
   plan.n_blocks = (p.max_seqlen_k + block_n - 1) / block_n;
   const int group = p.heads_q / p.heads_kv;
   // One CTA per SM (8 warps, ~160 KB of shared memory). With fewer (key block, KV head, sequence)
@@ -104,8 +120,18 @@ Plan MakePlan(const FlashBwdParams& p, int sms) {
     plan.dq_splits = static_cast<int>(std::clamp<int64_t>(want, 1, std::min(16, std::max(plan.n_blocks, 1))));
     plan.grid = dim3(plan.n_blocks > 0 ? plan.dq_splits : 0, p.heads_kv * plan.head_splits, p.batch);
   } else {
-    plan.grid = dim3(plan.n_blocks, p.heads_kv * plan.head_splits, p.batch);
+    // One CTA per unit; the last partial wave split finely when the units cost the same (any
+    // non-causal problem) or when there are fewer units than SMs (flash_bwd_tail.cuh).
+    const int64_t units = int64_t{plan.n_blocks} * p.heads_kv * plan.head_splits * p.batch;
+    const int64_t tail = units < sms ? units : units % sms;
+    const int block_m = TileRowsOf(p.head_dim).block_m;
+    const int64_t items = int64_t{(p.max_seqlen_q + block_m - 1) / block_m} * plan.heads_per_split;
+    if (!p.causal || units < sms) plan.tail_pieces = ChooseTailPieces(tail, items, sms);
+    plan.tail_units = plan.tail_pieces > 1 ? tail : 0;
+    plan.full_ctas = units - plan.tail_units;
+    plan.grid = dim3(static_cast<unsigned>(plan.full_ctas + plan.tail_units * plan.tail_pieces));
   }
+  plan.unit_ys = p.heads_kv * plan.head_splits;
 
   plan.lse_rows = p.total_q + int64_t{kLsePad} * p.batch;
   const size_t q_elems = size_t(p.total_q) * p.heads_q * p.head_dim;
@@ -120,7 +146,10 @@ Plan MakePlan(const FlashBwdParams& p, int sms) {
   plan.off_stats = take(kStatCount * sizeof(float));
   plan.off_lse = take(size_t(plan.lse_rows) * p.heads_q * sizeof(float));
   plan.off_dsum = take(size_t(plan.lse_rows) * p.heads_q * sizeof(float));
+  plan.off_tail_arrivals = take(size_t(plan.tail_units) * sizeof(int));
   plan.off_dq = take(size_t(plan.dq_splits) * q_elems * sizeof(float));
+  plan.off_tail_partial =
+      take(size_t(plan.tail_units) * plan.tail_pieces * 2 * size_t(block_n) * p.head_dim * sizeof(float));
   if (plan.kv_partial) {
     plan.off_dk = take(size_t(plan.head_splits) * kv_elems * sizeof(float));
     plan.off_dv = take(size_t(plan.head_splits) * kv_elems * sizeof(float));
@@ -160,7 +189,10 @@ cudaError_t Run(const FlashBwdParams& p, const Plan& plan, uint8_t* ws, BwdKerne
   const float* factors = p.dtype == ElementType::kFP32 ? reinterpret_cast<const float*>(ws + plan.off_factors) : nullptr;
   float* dq_accum = reinterpret_cast<float*>(ws + plan.off_dq);
   const size_t q_elems = size_t(p.total_q) * p.heads_q * p.head_dim;
-  cudaError_t err = cudaMemsetAsync(dq_accum, 0, plan.dq_splits * q_elems * sizeof(float), stream);
+  // The tail arrival counters sit right before the dQ accumulators: one memset for both.
+  cudaError_t err = cudaMemsetAsync(ws + plan.off_tail_arrivals, 0,
+                                    plan.off_dq - plan.off_tail_arrivals + plan.dq_splits * q_elems * sizeof(float),
+                                    stream);
   if (err != cudaSuccess) return err;
 
   BwdPreprocessArgs pre{};
@@ -195,6 +227,12 @@ cudaError_t Run(const FlashBwdParams& p, const Plan& plan, uint8_t* ws, BwdKerne
   args.kv_split_stride = p.total_k * p.heads_kv * p.head_dim;
   args.head_splits = plan.head_splits;
   args.heads_per_split = plan.heads_per_split;
+  args.unit_blocks = plan.n_blocks;
+  args.unit_ys = plan.unit_ys;
+  args.full_ctas = static_cast<int>(plan.full_ctas);
+  args.tail_pieces = plan.tail_pieces;
+  args.tail_partial = reinterpret_cast<float*>(ws + plan.off_tail_partial);
+  args.tail_arrivals = reinterpret_cast<int*>(ws + plan.off_tail_arrivals);
   args.fp32_factors = factors;
   if ((err = DispatchHeadDim<T>(p.head_dim, args, plan.grid, stream)) != cudaSuccess) return err;
 
@@ -265,6 +303,9 @@ cudaError_t CheckShape(const FlashBwdParams& p) {
   if (!dim_ok || p.batch < 0 || p.heads_q <= 0 || p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0) return cudaErrorInvalidValue;
   if (p.max_seqlen_q < 0 || p.max_seqlen_k < 0 || p.total_q < 0 || p.total_k < 0) return cudaErrorInvalidValue;
   if (p.batch > 65535 || int64_t{p.heads_q} > 65535) return cudaErrorInvalidValue;
+  // The atomic mode's 1-D grid: every (key block, query head, sequence) at most once.
+  const int block_n = TileRowsOf(p.head_dim).block_n;
+  if (int64_t{(p.max_seqlen_k + block_n - 1) / block_n} * p.heads_q * p.batch > INT32_MAX) return cudaErrorInvalidValue;
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale == 0.f) return cudaErrorInvalidValue;
   // 16-byte vectors everywhere: 8 elements of 16 bits, 4 of FP32.
   const int64_t vec = p.dtype == ElementType::kFP32 ? 4 : 8;

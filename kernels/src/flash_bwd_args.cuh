@@ -68,6 +68,20 @@ struct BwdKernelArgs {
   int head_splits;      // CTAs sharing one KV head's query heads
   int heads_per_split;  // query heads per such CTA (the last may have fewer)
 
+  // Work of the default (atomic) mode, a 1-D grid over units: a unit is one key block of one KV
+  // head [group slice] of one sequence, numbered n_block + unit_blocks * (y + unit_ys * b) with
+  // y = kv_head * head_splits + head_split. CTAs 0 .. full_ctas - 1 own unit blockIdx.x with all
+  // its query tiles. The units after those (the last partial wave) are each split over
+  // tail_pieces CTAs, one contiguous slice of its query tiles each (flash_bwd_tail.cuh):
+  // CTA full_ctas + t * tail_pieces + p does slice p of unit full_ctas + t. The deterministic mode
+  // ignores these (its grid is (dq_splits, heads_kv * head_splits, batch)).
+  int unit_blocks;
+  int unit_ys;
+  int full_ctas;
+  int tail_pieces;      // 1: no unit is split
+  float* tail_partial;  // [tail units][tail_pieces][2][kBlockN * head_dim] FP32 partial dK, dV
+  int* tail_arrivals;   // [tail units], zero on entry: pieces of the unit done so far
+
   bool causal;
   bool deterministic;
 

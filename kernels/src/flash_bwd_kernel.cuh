@@ -1,5 +1,6 @@
-// FlashAttention-2 backward, main kernel: one CTA per (block of kBlockN keys, KV head [, group
-// slice], sequence). The math, per query row i and key j (c = softmax_scale):
+// FlashAttention-2 backward, main kernel: one CTA per unit = (block of kBlockN keys, KV head [,
+// group slice], sequence), or per slice of a unit's query tiles in the last partial wave
+// (flash_bwd_tail.cuh). The math, per query row i and key j (c = softmax_scale):
 //
 //   P_ij  = exp(c q_i.k_j - lse_i)                 recomputed from Q, K and the forward's lse
 //   dV_j += sum_i P_ij dO_i
@@ -20,19 +21,22 @@
 //   cp.async Q, dO, lse, D of tile + kStages - 1 into its stage     (in flight meanwhile)
 //   S = Q K^T, dP = dO V^T          ldmatrix (Q, dO, K, V) + mma.sync; one k-loop for both
 //                                   (kFusedSdP) or two, P rounded to 16 bits between them
-//   P = exp2(..), dS = P o (dP - D) masked only on diagonal/tail tiles; P, dS -> smem (16 bit)
+//   P = exp2(..), dS = P o (dP - D) masked only on diagonal/tail tiles (a second copy of the
+//                                   code without the mask); P, dS -> smem (16 bit)
 //   barrier
 //   dV += P^T dO, dK += dS^T Q      ldmatrix.trans of P, dS, dO, Q + mma.sync
 //   dQ  = dS K                      ldmatrix (dS) + ldmatrix.trans (K) + mma.sync
 //   dQ -> FP32 workspace            red.global.add.v2 (default) or, kDeterministic, plain
 //                                   loads (before the dQ mma) and stores into the CTA's own slice
-// Epilogue: dK * c, dV -> global (16-bit), or FP32 partial sums when the group is split.
+// Epilogue: [a slice of a split unit: partial dK, dV to the workspace; the last slice to finish
+// adds them] dK * c, dV -> global (16-bit), or FP32 partial sums when the group is split.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/cp_async.cuh"
 #include "common/fast_math.cuh"
@@ -42,6 +46,7 @@
 #include "common/numeric.cuh"
 #include "flash_bwd_args.cuh"
 #include "flash_bwd_smem.cuh"
+#include "flash_bwd_tail.cuh"
 #include "flash_bwd_tile.cuh"
 
 namespace attnd::kernels::bwd {
@@ -160,6 +165,76 @@ __device__ __forceinline__ void warp_gemm_rows2(float (&acc)[kMi][kNi][4], float
   }
 }
 
+// Where the softmax of one warp's rows reads lse/D and where its mask ends. Row (mi, hh) of the
+// warp is shared-memory row first + 16 mi + 8 hh of the stage's lse/D; its last visible key,
+// relative to the lane's first column, is last_key (keys past seqlen_k), or for causal at most
+// diag + that row index.
+// The unit of an atomic-mode CTA and its slice of the unit's query tiles (flash_bwd_args.cuh).
+struct TailPiece {
+  int unit = 0;
+  int piece = 0, pieces = 1;
+  int tail_unit = 0;  // index among the split units
+};
+__device__ __forceinline__ TailPiece tail_piece(const BwdKernelArgs& args) {
+  TailPiece t;
+  t.unit = blockIdx.x;
+  if (t.unit >= args.full_ctas) {
+    t.pieces = args.tail_pieces;
+    t.tail_unit = (t.unit - args.full_ctas) / t.pieces;
+    t.piece = t.unit - args.full_ctas - t.tail_unit * t.pieces;
+    t.unit = args.full_ctas + t.tail_unit;
+  }
+  return t;
+}
+
+struct SoftmaxRows {
+  int first;
+  int last_key;
+  int diag;
+  bool causal;
+};
+
+// P = exp2(S c log2e - lse log2e) of this warp's S accumulators (kMasked: 0 past the last visible
+// key), rounded to 16 bits and stored to the P tile; kWithDs: also dS = P o (dP alpha - D) from
+// the FP32 P into the dS tile; else the rounded P is kept in p16 for a later dS (what dV uses).
+// (Storing P only after the dP products, so that this exp2 work could issue among their mma, was
+// tried: at d = 64 the S and dP accumulators are then live together and 100+ bytes spill.)
+template <typename T, typename Tile, bool kMasked, bool kWithDs>
+__device__ __forceinline__ void bwd_softmax(const float (&acc_s)[Tile::kMiS][Tile::kNiS][4],
+                                            const float (&acc_dp)[Tile::kMiS][Tile::kNiS][4],
+                                            uint32_t (&p16)[Tile::kMiS][Tile::kNiS][2], uint8_t* smem,
+                                            const float* s_lse, const float* s_dsum, uint32_t off_p_st,
+                                            const SoftmaxRows& rows, float scale_log2, float ds_alpha) {
+  constexpr int kRowN = Tile::RowsN::kRowBytes;
+#pragma unroll
+  for (int mi = 0; mi < Tile::kMiS; ++mi) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int r = rows.first + mi * 16 + hh * 8;
+      const float lse = s_lse[r];
+      const float dsum = kWithDs ? s_dsum[r] : 0.f;
+      const int last = kMasked ? (rows.causal ? min(rows.last_key, rows.diag + r) : rows.last_key) : 0;
+#pragma unroll
+      for (int ni = 0; ni < Tile::kNiS; ++ni) {
+        float p0 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh], scale_log2, -lse));
+        float p1 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh + 1], scale_log2, -lse));
+        if constexpr (kMasked) {
+          if (ni * 8 > last) p0 = 0.f;
+          if (ni * 8 + 1 > last) p1 = 0.f;
+        }
+        const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
+        p16[mi][ni][hh] = pack2<T>(p0, p1);
+        *reinterpret_cast<uint32_t*>(smem + Tile::kOffP + off) = p16[mi][ni][hh];
+        if constexpr (kWithDs) {
+          const float ds0 = p0 * fmaf(acc_dp[mi][ni][2 * hh], ds_alpha, -dsum);
+          const float ds1 = p1 * fmaf(acc_dp[mi][ni][2 * hh + 1], ds_alpha, -dsum);
+          *reinterpret_cast<uint32_t*>(smem + Tile::kOffDs + off) = pack2<T>(ds0, ds1);
+        }
+      }
+    }
+  }
+}
+
 template <typename T, typename Tile, bool kDeterministic>
 __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __grid_constant__ BwdKernelArgs args) {
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kHeadDim = Tile::kHeadDim;
@@ -175,9 +250,21 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
 
-  const int b = blockIdx.z;
-  const int kv_head = blockIdx.y / args.head_splits;
-  const int head_split = blockIdx.y - kv_head * args.head_splits;
+  // Which unit this CTA works on (flash_bwd_args.cuh): key blocks n_first, n_first + n_stride, ..
+  // of (y, b), and which slice (piece of pieces) of each block's query tiles.
+  int n_first, n_stride, y, b;
+  TailPiece slice{};
+  if constexpr (kDeterministic) {
+    n_first = blockIdx.x, n_stride = gridDim.x, y = blockIdx.y, b = blockIdx.z;
+  } else {
+    slice = tail_piece(args);
+    const int unit = slice.unit;
+    const int yb = unit / args.unit_blocks;
+    n_first = unit - yb * args.unit_blocks, n_stride = args.unit_blocks;  // one key block
+    b = yb / args.unit_ys, y = yb - b * args.unit_ys;
+  }
+  const int kv_head = y / args.head_splits;
+  const int head_split = y - kv_head * args.head_splits;
   const int h_begin = kv_head * args.heads_per_kv + head_split * args.heads_per_split;
   const int h_end = min(h_begin + args.heads_per_split, (kv_head + 1) * args.heads_per_kv);
 
@@ -224,31 +311,44 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
   const uint32_t off_q_a = lane_offset(wm_q * Tile::kTileMQ + (lane & 15), lane >> 4, kRowN);
   const uint32_t off_q_b = lane_offset((lane & 7) + (((lane >> 3) & 1) << 3), 2 * wd_q + (lane >> 4), kRowD);
 
-  for (int n_block = blockIdx.x; n_block < n_blocks; n_block += gridDim.x) {
+  for (int n_block = n_first; n_block < n_blocks; n_block += n_stride) {
     const int n0 = n_block * kBlockN;
-    // Query tiles that see any of keys n0 .. n0 + kBlockN - 1.
+    // Query tiles that see any of keys n0 .. n0 + kBlockN - 1, all heads of the CTA, head-major;
+    // this CTA's piece of them: tiles item_begin .. item_begin + item_count - 1.
     const int m_begin = args.causal ? max(0, n0 - diag) / kBlockM : 0;
     const int m_end = (seqlen_q + kBlockM - 1) / kBlockM;
     const int num_m = max(0, m_end - m_begin);
     const int items = num_m * (h_end - h_begin);
+    const int item_begin = static_cast<int>(int64_t{items} * slice.piece / slice.pieces);
+    const int item_count = static_cast<int>(int64_t{items} * (slice.piece + 1) / slice.pieces) - item_begin;
 
-    // Issues the loads of query tile `item` (head-major) into stage `stage`.
-    auto issue_item = [&](int item, int stage) {
-      const int h = h_begin + item / num_m;
-      const int m0 = (m_begin + item % num_m) * kBlockM;
+    // Tiles are tracked as (head, query tile) cursors, one for the next load and one for the tile
+    // in use: no division per tile.
+    int load_h = h_begin, load_mt = m_begin;
+    if (item_begin > 0) load_h += item_begin / num_m, load_mt += item_begin % num_m;
+    int use_h = load_h, use_mt = load_mt;
+    auto advance = [&](int& h, int& mt) {
+      if (++mt == m_end) mt = m_begin, ++h;
+    };
+
+    // Issues the loads of the tile under the load cursor into stage `stage` and advances it.
+    auto issue_tile = [&](int stage) {
+      const int h = load_h, m0 = load_mt * kBlockM;
+      advance(load_h, load_mt);
       const int64_t row = q_start + m0;
+      const int rows_valid = seqlen_q - m0;
       bwd_load_rows<Tile, kBlockM>(s_base + Tile::kOffQ + stage * Tile::kQBytes,
                                    q + row * args.q_row_stride + h * args.q_head_stride, args.q_row_stride,
-                                   seqlen_q - m0, tid);
+                                   rows_valid, tid);
       bwd_load_rows<Tile, kBlockM>(s_base + Tile::kOffDo + stage * Tile::kQBytes,
                                    dout + row * args.do_row_stride + h * args.do_head_stride, args.do_row_stride,
-                                   seqlen_q - m0, tid);
+                                   rows_valid, tid);
+      // Threads 0 .. kBlockM - 1 copy lse, the next kBlockM D (their arrays are adjacent in smem).
       const int64_t lse_row = h * args.lse_head_stride + lse_start + m0;
-      if (tid < kBlockM) {
-        cp_async_4(s_base + Tile::kOffLse + (stage * kBlockM + tid) * 4, args.lse_log2 + lse_row + tid);
-      } else if (tid < 2 * kBlockM) {
-        cp_async_4(s_base + Tile::kOffDsum + (stage * kBlockM + tid - kBlockM) * 4, args.dsum + lse_row + tid - kBlockM);
-      }
+      const bool is_lse = tid < kBlockM;
+      const float* src = is_lse ? args.lse_log2 + lse_row + tid : args.dsum + lse_row + (tid - kBlockM);
+      const int slot = is_lse ? stage * kBlockM + tid : (Tile::kStages + stage) * kBlockM + (tid - kBlockM);
+      if (tid < 2 * kBlockM) cp_async_4(s_base + Tile::kOffLse + slot * 4, src);
     };
 
     __syncthreads();  // the previous key block (deterministic mode) is done with shared memory
@@ -256,13 +356,11 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
                                  args.k_row_stride, seqlen_k - n0, tid);
     bwd_load_rows<Tile, kBlockN>(s_v, v + (k_start + n0) * args.v_row_stride + kv_head * args.v_head_stride,
                                  args.v_row_stride, seqlen_k - n0, tid);
-    // Group g holds query tile g (group 0 also K and V); tile i lives in stage i % kStages. Every
-    // iteration commits one group (possibly empty) so that the group arithmetic stays uniform.
-    if (items > 0) issue_item(0, 0);
-    cp_async_commit();
+    // Group g holds the piece's tile g (group 0 also K and V); tile i lives in stage i % kStages.
+    // Every iteration commits one group (possibly empty) so that the group arithmetic stays uniform.
 #pragma unroll
-    for (int i = 1; i < Tile::kStages - 1; ++i) {
-      if (i < items) issue_item(i, i);
+    for (int i = 0; i < Tile::kStages - 1; ++i) {
+      if (i < item_count) issue_tile(i);
       cp_async_commit();
     }
 
@@ -274,94 +372,62 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc_dv[i][j][e] = acc_dk[i][j][e] = 0.f;
 
-    for (int item = 0, stage = 0; item < items; ++item, stage = stage + 1 == Tile::kStages ? 0 : stage + 1) {
-      const int h = h_begin + item / num_m;
-      const int m0 = (m_begin + item % num_m) * kBlockM;
+    for (int item = 0, stage = 0; item < item_count; ++item, stage = stage + 1 == Tile::kStages ? 0 : stage + 1) {
+      const int h = use_h, m0 = use_mt * kBlockM;
+      advance(use_h, use_mt);
       cp_async_wait<Tile::kStages - 2>();  // tile `item` has landed (only later ones in flight)
       __syncthreads();
       // The stage of tile item + kStages - 1 was last read by tile item - 1: free after the barrier.
-      if (item + Tile::kStages - 1 < items) {
-        issue_item(item + Tile::kStages - 1, stage == 0 ? Tile::kStages - 1 : stage - 1);
-      }
+      // (Issuing it after the S/dP products instead measured +-1% at d = 64, -3% at d = 128.)
+      if (item + Tile::kStages - 1 < item_count) issue_tile(stage == 0 ? Tile::kStages - 1 : stage - 1);
       cp_async_commit();
       const uint32_t s_q = s_base + Tile::kOffQ + stage * Tile::kQBytes;
       const uint32_t s_do = s_base + Tile::kOffDo + stage * Tile::kQBytes;
 
+      // Only tiles that cross the causal diagonal or the end of the keys need the mask. By default
+      // the mask is a per-element compare and select that is a no-op elsewhere (last = a large
+      // number); kMaskCopies compiles the softmax twice instead, the products with it in each copy
+      // (one basic block, so that the exp2 of finished accumulators can issue among the last mma;
+      // run 11, with a branch between them, lost ~3% on every non-fused path: bench/NOTES_BWD.md).
       const bool need_mask = (n0 + kBlockN > seqlen_k) || (args.causal && n0 + kBlockN - 1 > m0 + diag);
+      // Built after the products (nothing extra live across their mma).
+      auto softmax_rows = [&]() {
+        const int col0 = n0 + wn_s * Tile::kTileNS + 2 * t;  // this lane's first key column
+        const int first = stage * kBlockM + wm_s * Tile::kTileMS + g;
+        return Tile::kMaskCopies || need_mask
+                   ? SoftmaxRows{first, seqlen_k - 1 - col0, m0 + diag - col0 - stage * kBlockM, args.causal}
+                   : SoftmaxRows{first, kBlockN, 0, false};
+      };
+      uint32_t p16[kMiS][kNiS][2];
+      float acc_s[kMiS][kNiS][4], acc_dp[kMiS][kNiS][4];
       if constexpr (Tile::kFusedSdP) {
         // ---- S = Q K^T and dP = dO V^T in one k-loop, then P and dS in FP32 ----
-        float acc_s[kMiS][kNiS][4], acc_dp[kMiS][kNiS][4];
-        warp_gemm_rows2<T, Tile, kMiS, kNiS>(acc_s, acc_dp, s_q, s_do, s_k, s_v, off_s_a, off_s_b);
-#pragma unroll
-        for (int mi = 0; mi < kMiS; ++mi) {
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;
-            const float lse = s_lse[stage * kBlockM + r];
-            const float dsum = s_dsum[stage * kBlockM + r];
-            int last = seqlen_k - 1;
-            if (args.causal) last = min(last, m0 + r + diag);
-            last -= n0 + wn_s * Tile::kTileNS + 2 * t;
-#pragma unroll
-            for (int ni = 0; ni < kNiS; ++ni) {
-              float p0 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh], scale_log2, -lse));
-              float p1 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh + 1], scale_log2, -lse));
-              if (need_mask) {
-                if (ni * 8 > last) p0 = 0.f;
-                if (ni * 8 + 1 > last) p1 = 0.f;
-              }
-              const float ds0 = p0 * fmaf(acc_dp[mi][ni][2 * hh], ds_alpha, -dsum);
-              const float ds1 = p1 * fmaf(acc_dp[mi][ni][2 * hh + 1], ds_alpha, -dsum);
-              const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
-              *reinterpret_cast<uint32_t*>(smem + Tile::kOffP + off) = pack2<T>(p0, p1);
-              *reinterpret_cast<uint32_t*>(smem + Tile::kOffDs + off) = pack2<T>(ds0, ds1);
-            }
-          }
+        if (!Tile::kMaskCopies || need_mask) {
+          warp_gemm_rows2<T, Tile, kMiS, kNiS>(acc_s, acc_dp, s_q, s_do, s_k, s_v, off_s_a, off_s_b);
+          bwd_softmax<T, Tile, true, true>(acc_s, acc_dp, p16, smem, s_lse, s_dsum, off_p_st, softmax_rows(), scale_log2, ds_alpha);
+        } else {
+          warp_gemm_rows2<T, Tile, kMiS, kNiS>(acc_s, acc_dp, s_q, s_do, s_k, s_v, off_s_a, off_s_b);
+          bwd_softmax<T, Tile, false, true>(acc_s, acc_dp, p16, smem, s_lse, s_dsum, off_p_st, softmax_rows(), scale_log2, ds_alpha);
         }
       } else {
-        // ---- S = Q K^T (FP32 accumulators, this warp's kTileMS x kTileNS) ----
-        float acc_s[kMiS][kNiS][4];
-        warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_s, s_q, s_k, off_s_a, off_s_b);
-
-        // ---- P = exp2(S c log2e - lse log2e), rounded to 16 bits and stored to shared memory ----
-        // Only tiles that cross the causal diagonal or the end of the keys need the mask. The
-        // rounded P (what dV = P^T dO uses too) stays in registers for dS: half the registers of
-        // the FP32 scores while dP is computed.
-        uint32_t p16[kMiS][kNiS][2];
-#pragma unroll
-        for (int mi = 0; mi < kMiS; ++mi) {
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;  // row within the tile
-            const float lse = s_lse[stage * kBlockM + r];
-            // Last visible key of this row, relative to this lane's first column.
-            int last = seqlen_k - 1;
-            if (args.causal) last = min(last, m0 + r + diag);
-            last -= n0 + wn_s * Tile::kTileNS + 2 * t;
-#pragma unroll
-            for (int ni = 0; ni < kNiS; ++ni) {
-              float p0 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh], scale_log2, -lse));
-              float p1 = fast_exp2(fmaf(acc_s[mi][ni][2 * hh + 1], scale_log2, -lse));
-              if (need_mask) {
-                if (ni * 8 > last) p0 = 0.f;
-                if (ni * 8 + 1 > last) p1 = 0.f;
-              }
-              p16[mi][ni][hh] = pack2<T>(p0, p1);
-              const uint32_t off = chunk_step(off_p_st, ni) + (mi * 16 + hh * 8) * kRowN;
-              *reinterpret_cast<uint32_t*>(smem + Tile::kOffP + off) = p16[mi][ni][hh];
-            }
-          }
+        // ---- S = Q K^T (FP32 accumulators, this warp's kTileMS x kTileNS), then P ----
+        // The rounded P (what dV = P^T dO uses too) stays in registers for dS: half the registers
+        // of the FP32 scores while dP is computed.
+        if (!Tile::kMaskCopies || need_mask) {
+          warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_s, s_q, s_k, off_s_a, off_s_b);
+          bwd_softmax<T, Tile, true, false>(acc_s, acc_dp, p16, smem, s_lse, s_dsum, off_p_st, softmax_rows(), scale_log2, ds_alpha);
+        } else {
+          warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_s, s_q, s_k, off_s_a, off_s_b);
+          bwd_softmax<T, Tile, false, false>(acc_s, acc_dp, p16, smem, s_lse, s_dsum, off_p_st, softmax_rows(), scale_log2, ds_alpha);
         }
 
         // ---- dP = dO V^T, then dS = P o (dP - D) -> shared memory (16 bit) ----
-        float acc_dp[kMiS][kNiS][4];
         warp_gemm_rows<T, Tile, kMiS, kNiS>(acc_dp, s_do, s_v, off_s_a, off_s_b);
 #pragma unroll
         for (int mi = 0; mi < kMiS; ++mi) {
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
-            const int r = wm_s * Tile::kTileMS + mi * 16 + hh * 8 + g;
-            const float dsum = s_dsum[stage * kBlockM + r];
+            const float dsum = s_dsum[stage * kBlockM + wm_s * Tile::kTileMS + g + mi * 16 + hh * 8];
 #pragma unroll
             for (int ni = 0; ni < kNiS; ++ni) {
               const float2 p = unpack2<T>(p16[mi][ni][hh]);
@@ -483,11 +549,24 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) flash_bwd_kernel(const __gr
           }
         }
       };
-      // dV/dK first: issuing the dQ reductions first was measured 4-5% slower (bench/NOTES_BWD.md).
+      // dV/dK first: issuing the dQ reductions first was measured 4-5% slower, FlashAttention-2's
+      // dV, dQ, dK order 1.4% slower at d = 64 (bench/NOTES_BWD.md).
       update_dkv();
       update_dq();
     }
     cp_async_wait<0>();  // nothing in flight when the block ends (items == 0 leaves K, V pending)
+
+    // A piece of a split unit: only the CTA that completes the unit goes on, with the sums (the
+    // flag lives in the lse slots: every thread is past its tile loop when it is written).
+    if constexpr (!kDeterministic) {
+      if (blockIdx.x >= args.full_ctas) {
+        const TailPiece sl = tail_piece(args);  // recomputed: nothing stays live across the loop
+        float* partial = args.tail_partial + int64_t{sl.tail_unit} * sl.pieces * 2 * kBlockN * kHeadDim;
+        if (!bwd_tail_combine<Tile::kThreads>(acc_dk, acc_dv, partial, args.tail_arrivals + sl.tail_unit, sl.piece,
+                                              sl.pieces, tid, reinterpret_cast<volatile int*>(smem + Tile::kOffLse)))
+          continue;
+      }
+    }
 
     // ---- Epilogue: dK (times the softmax scale) and dV of keys n0 .. ----
     float dk_scale = args.dk_scale, dv_scale = args.dv_scale;

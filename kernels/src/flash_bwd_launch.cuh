@@ -8,16 +8,22 @@
 
 namespace attnd::kernels::bwd {
 
+template <typename T, typename Tile, bool kDeterministic>
+cudaError_t launch_flash_bwd_kernel(const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
+  auto kernel = flash_bwd_kernel<T, Tile, kDeterministic>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
 template <typename T, typename Tile>
 cudaError_t launch_flash_bwd(const BwdKernelArgs& args, dim3 grid, cudaStream_t stream) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return cudaSuccess;
   // The deterministic variant is its own instantiation so that its dQ slice updates cost the
   // atomic path no registers.
-  auto kernel = args.deterministic ? flash_bwd_kernel<T, Tile, true> : flash_bwd_kernel<T, Tile, false>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(args);
-  return cudaGetLastError();
+  return args.deterministic ? launch_flash_bwd_kernel<T, Tile, true>(args, grid, stream)
+                            : launch_flash_bwd_kernel<T, Tile, false>(args, grid, stream);
 }
 
 // The entry the dispatcher calls: the tuned tile for the head dim and causality. Both share

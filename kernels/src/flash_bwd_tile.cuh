@@ -26,6 +26,7 @@ namespace attnd::kernels::bwd {
 
 // Schedule options of the tile loop (kSchedule bits).
 inline constexpr int kScheduleFusedSdP = 1;  // S and dP in one k-loop (more ILP, more registers)
+inline constexpr int kScheduleMaskCopies = 2; // softmax compiled with and without the mask
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarpsMS_, int kWarpsNKV_, int kWarpsMQ_, int kDqPasses_ = 1,
           int kSchedule_ = 0, int kStages_ = 2>
@@ -58,6 +59,7 @@ struct BwdTile {
   static constexpr int kNjQ = kHeadDim / 16 / kWarpsDQ;
   static constexpr int kDqPasses = kDqPasses_;  // dQ computed in this many column slices
   static constexpr bool kFusedSdP = (kSchedule_ & kScheduleFusedSdP) != 0;
+  static constexpr bool kMaskCopies = (kSchedule_ & kScheduleMaskCopies) != 0;
 
   // Shared memory: rows of head_dim (Q, dO, K, V) and rows of kBlockN (P, dS), both swizzled.
   using RowsD = detail::SwizzledRows<kHeadDim>;
@@ -94,7 +96,10 @@ struct BwdTile {
 
 // The tuned choice per head dim and causality (bench/NOTES_BWD.md has the measurements).
 // - d = 64: 128 query rows per tile, as FlashAttention-2: half the barriers and P/dS round trips
-//   per FLOP and 64 x 32 S/dP warp tiles; +4-10% over 64 rows.
+//   per FLOP; +4-10% over 64 rows. S/dP warps 4 x 2 (32 x 64 warp tiles, also FlashAttention-2's
+//   choice) with the softmax compiled with and without the mask (kScheduleMaskCopies: the only
+//   build of 4 x 2 without spills in the tile loop): +6% non-causal, +5% causal over 2 x 4 with
+//   the predicated mask, which now has 4 LDL per tile in bf16 (version 8, run 12).
 // - d = 128 non-causal: S and dP in one k-loop (16 independent accumulators per k-slice instead
 //   of 8: the kernel is latency bound with two warps per scheduler); +2.5-4%. Causal keeps the
 //   two loops: with fewer tiles per CTA and masked diagonal tiles the fused loop measured 2-3%
@@ -103,7 +108,7 @@ struct BwdTile {
 template <int kHeadDim, bool kCausal>
 struct DefaultBwdTile;
 template <bool kCausal> struct DefaultBwdTile<32, kCausal> { using type = BwdTile<32, 64, 128, 2, 4, 4>; };
-template <bool kCausal> struct DefaultBwdTile<64, kCausal> { using type = BwdTile<64, 128, 128, 2, 4, 4>; };
+template <bool kCausal> struct DefaultBwdTile<64, kCausal> { using type = BwdTile<64, 128, 128, 4, 4, 4, 1, kScheduleMaskCopies>; };
 template <bool kCausal> struct DefaultBwdTile<96, kCausal> { using type = BwdTile<96, 64, 128, 2, 4, 4>; };
 template <> struct DefaultBwdTile<128, true> { using type = BwdTile<128, 64, 128, 2, 4, 2>; };
 template <> struct DefaultBwdTile<128, false> { using type = BwdTile<128, 64, 128, 2, 4, 2, 1, kScheduleFusedSdP>; };

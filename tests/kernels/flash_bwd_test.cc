@@ -396,6 +396,16 @@ TEST(FlashBwd, GroupedQueryAttentionManyBlocks) {
   CheckAgainstOracle(Dense(ElementType::kBF16, 64, 4, 384, 384, 4, 2, true));
 }
 
+// ---- More units (key block x KV head x sequence) than SMs: full waves, then a last partial
+// wave whose units are split over several CTAs (flash_bwd_tail.cuh). 2 key blocks x 67 heads =
+// 134 units; on a 132-SM H100 the last 2 are split (all of them split on a GPU with more SMs, none
+// on one with 67 or 134). Small shapes (fewer units than SMs) split every unit. ----
+
+TEST(FlashBwd, MoreUnitsThanSmsSplitsTheLastWave) {
+  CheckAgainstOracle(Dense(ElementType::kBF16, 64, 1, 256, 256, 67, 67, false));
+  CheckAgainstOracle(Dense(ElementType::kFP16, 128, 1, 256, 256, 67, 67, false));
+}
+
 // ---- Packed variable-length batches (empty sequences on either side included) ----
 
 TEST(FlashBwd, PackedVarlen) {

@@ -34,6 +34,11 @@
 // relative L2 error of the gradients measured at 4-6e-4 on unit-variance inputs and 2.6e-3 with
 // logits of magnitude ~7 (|q|, |k| ~ 300), tested within 5e-3 (bf16: ~3e-3; fp16: ~4e-4).
 //
+// Work split: one CTA per (key block, KV head, sequence) unit; the units of the last partial wave
+// of CTAs (or all of them when there are fewer than SMs; causal problems with full waves excepted)
+// are split over several CTAs by query tiles, whose FP32 partial dK, dV the last one to finish
+// adds in a fixed order (so dK, dV stay deterministic).
+//
 // Head dims 32, 64, 96, 128 and 256 (64 and 128 tuned). Any sequence lengths, including empty
 // sequences inside a packed batch.
 #pragma once
