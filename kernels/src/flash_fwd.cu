@@ -73,6 +73,7 @@ size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+#if ATTND_HAVE_HOPPER_FWD
 // True when the current device is sm_90 (the Hopper kernel is built for sm_90a only). Cached per
 // device: the attribute query is cheap, but FlashFwd runs per request.
 bool CurrentDeviceIsSm90() {
@@ -94,6 +95,7 @@ bool CurrentDeviceIsSm90() {
   }
   return state == 1;
 }
+#endif
 
 bool HopperKernelRuns(const FlashFwdParams& p) {
 #if ATTND_HAVE_HOPPER_FWD
