@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <new>
+#include <utility>
 
 namespace attnd::engine {
 namespace {
@@ -109,14 +111,14 @@ void CopyLse(const AttentionShape& caller, int64_t q_offset, int64_t packed_tota
 }  // namespace
 
 bool IsPackable(const ForwardArgs& a) {
-  if (!IsPackableShape(a.shape)) return false;
+  if (a.placement.space != MemorySpace::kHost || !IsPackableShape(a.shape)) return false;
   const AttentionShape& s = *a.shape;
   return Present(a.q, s.q_elements()) && Present(a.k, s.kv_elements()) && Present(a.v, s.kv_elements()) &&
          Present(a.out, s.q_elements()) && Present(a.lse, s.lse_elements());
 }
 
 bool IsPackable(const BackwardArgs& a) {
-  if (!IsPackableShape(a.shape)) return false;
+  if (a.placement.space != MemorySpace::kHost || !IsPackableShape(a.shape)) return false;
   const AttentionShape& s = *a.shape;
   return Present(a.q, s.q_elements()) && Present(a.k, s.kv_elements()) && Present(a.v, s.kv_elements()) &&
          Present(a.out, s.q_elements()) && Present(a.lse, s.lse_elements()) &&
@@ -125,11 +127,15 @@ bool IsPackable(const BackwardArgs& a) {
 }
 
 void* ScratchBuffer::Reserve(size_t bytes) {
-  if (bytes > capacity_) {
-    data_.reset(new std::byte[bytes]);  // default-initialized: no zero fill
-    capacity_ = bytes;
-  }
-  return data_.get();
+  if (buffer_.data != nullptr && bytes <= buffer_.size) return buffer_.data;
+  const size_t grown = std::max(bytes, buffer_.size + buffer_.size / 2);
+  buffer_ = HostBuffer{};  // give the old one back first: the pool may reuse its block
+  absl::StatusOr<HostBuffer> fresh =
+      host_memory_ != nullptr ? host_memory_->AllocateHostBuffer(grown) : AllocatePlainHostBuffer(grown);
+  if (!fresh.ok()) fresh = AllocatePlainHostBuffer(grown);
+  if (!fresh.ok()) throw std::bad_alloc();
+  buffer_ = *std::move(fresh);
+  return buffer_.data;
 }
 
 const ForwardArgs& ForwardPacker::Pack(const std::vector<const ForwardArgs*>& calls) {

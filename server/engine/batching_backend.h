@@ -37,6 +37,9 @@ class BatchingBackend final : public Backend {
 
   absl::Status Forward(const ForwardArgs& args) override;
   absl::Status Backward(const BackwardArgs& args) override;
+  absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) override { return inner_->AllocateHostBuffer(bytes); }
+  // The batcher's counters (added to those of other batchers, one per GPU), then the inner's.
+  void CollectStats(BackendStats& stats) const override;
 
   engine::BatcherStats Stats() const { return batcher_->Stats(); }
   const engine::BatcherOptions& options() const { return batcher_->options(); }
