@@ -13,14 +13,15 @@
 namespace attnd {
 namespace {
 
-// One CollectStats per scrape: every series of a scrape reads the same snapshot.
+// About one CollectStats per scrape: the series of one scrape (rendered within a millisecond or
+// so) share a snapshot, which is never older than 5 ms.
 class StatsSnapshot {
  public:
   explicit StatsSnapshot(const Backend* backend) : backend_(backend) {}
   BackendStats Get() {
     absl::MutexLock lock(&mu_);
     const auto now = std::chrono::steady_clock::now();
-    if (!fresh_ || now - taken_ > std::chrono::milliseconds(100)) {
+    if (!fresh_ || now - taken_ > std::chrono::milliseconds(5)) {
       stats_ = BackendStats{};
       backend_->CollectStats(stats_);
       taken_ = now;
