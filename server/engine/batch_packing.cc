@@ -1,5 +1,7 @@
 #include "server/engine/batch_packing.h"
 
+#include "server/engine/parallel_copy.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -67,25 +69,27 @@ void PackShape(const std::vector<const Args*>& calls, AttentionShape& packed, st
 
 // Copies each caller's rows of one [rows, heads, head_dim] tensor into the packed tensor (gather)
 // or back (scatter). `tensor` picks the caller's buffer; rows are contiguous in both layouts.
+// The copies go to `copies` and run together (ParallelCopy): a batch's tensors are megabytes.
 template <typename Args, typename Tensor>
 void GatherRows(const std::vector<const Args*>& calls, const std::vector<int64_t>& offsets, bool q_rows,
-                size_t row_bytes, Tensor tensor, void* packed) {
+                size_t row_bytes, Tensor tensor, void* packed, std::vector<ParallelCopy::Range>& copies) {
   for (size_t c = 0; c < calls.size(); ++c) {
     const AttentionShape& s = *calls[c]->shape;
     const int64_t rows = q_rows ? s.total_q : s.total_k;
     if (rows == 0) continue;
-    std::memcpy(static_cast<std::byte*>(packed) + offsets[c] * row_bytes, tensor(*calls[c]), rows * row_bytes);
+    copies.push_back({static_cast<std::byte*>(packed) + offsets[c] * row_bytes, tensor(*calls[c]), rows * row_bytes});
   }
 }
 
 template <typename Args, typename Tensor>
 void ScatterRows(const std::vector<const Args*>& calls, const std::vector<int64_t>& offsets, bool q_rows,
-                 size_t row_bytes, const void* packed, Tensor tensor) {
+                 size_t row_bytes, const void* packed, Tensor tensor, std::vector<ParallelCopy::Range>& copies) {
   for (size_t c = 0; c < calls.size(); ++c) {
     const AttentionShape& s = *calls[c]->shape;
     const int64_t rows = q_rows ? s.total_q : s.total_k;
     if (rows == 0) continue;
-    std::memcpy(tensor(*calls[c]), static_cast<const std::byte*>(packed) + offsets[c] * row_bytes, rows * row_bytes);
+    copies.push_back({tensor(*calls[c]), static_cast<const std::byte*>(packed) + offsets[c] * row_bytes,
+                      rows * row_bytes});
   }
 }
 
@@ -151,9 +155,11 @@ const ForwardArgs& ForwardPacker::Pack(const std::vector<const ForwardArgs*>& ca
   void* q = q_.Reserve(shape_.total_q * q_row);
   void* k = k_.Reserve(shape_.total_k * kv_row);
   void* v = v_.Reserve(shape_.total_k * kv_row);
-  GatherRows(calls, q_offsets_, true, q_row, [](const ForwardArgs& a) { return a.q; }, q);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.k; }, k);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.v; }, v);
+  std::vector<ParallelCopy::Range> copies;
+  GatherRows(calls, q_offsets_, true, q_row, [](const ForwardArgs& a) { return a.q; }, q, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.k; }, k, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.v; }, v, copies);
+  ParallelCopy::Shared().Copy(copies);
   args_.q = q;
   args_.k = k;
   args_.v = v;
@@ -164,7 +170,9 @@ const ForwardArgs& ForwardPacker::Pack(const std::vector<const ForwardArgs*>& ca
 
 void ForwardPacker::Scatter(const std::vector<const ForwardArgs*>& calls) const {
   const size_t q_row = size_t(shape_.heads_q) * shape_.head_dim * ElementSize(args_.dtype);
-  ScatterRows(calls, q_offsets_, true, q_row, args_.out, [](const ForwardArgs& a) { return a.out; });
+  std::vector<ParallelCopy::Range> copies;
+  ScatterRows(calls, q_offsets_, true, q_row, args_.out, [](const ForwardArgs& a) { return a.out; }, copies);
+  ParallelCopy::Shared().Copy(copies);
   for (size_t c = 0; c < calls.size(); ++c) {
     CopyLse(*calls[c]->shape, q_offsets_[c], shape_.total_q, args_.lse, calls[c]->lse, /*to_packed=*/false);
   }
@@ -186,11 +194,13 @@ const BackwardArgs& BackwardPacker::Pack(const std::vector<const BackwardArgs*>&
   void* out = out_.Reserve(shape_.total_q * q_row);
   void* grad_out = grad_out_.Reserve(shape_.total_q * q_row);
   auto* lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float)));
-  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.q; }, q);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.k; }, k);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.v; }, v);
-  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.out; }, out);
-  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.grad_out; }, grad_out);
+  std::vector<ParallelCopy::Range> copies;
+  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.q; }, q, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.k; }, k, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.v; }, v, copies);
+  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.out; }, out, copies);
+  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.grad_out; }, grad_out, copies);
+  ParallelCopy::Shared().Copy(copies);
   for (size_t c = 0; c < calls.size(); ++c) {
     CopyLse(*calls[c]->shape, q_offsets_[c], shape_.total_q, calls[c]->lse, lse, /*to_packed=*/true);
   }
@@ -210,9 +220,11 @@ void BackwardPacker::Scatter(const std::vector<const BackwardArgs*>& calls) cons
   const size_t esize = ElementSize(args_.dtype);
   const size_t q_row = size_t(shape_.heads_q) * shape_.head_dim * esize;
   const size_t kv_row = size_t(shape_.heads_kv) * shape_.head_dim * esize;
-  ScatterRows(calls, q_offsets_, true, q_row, args_.grad_q, [](const BackwardArgs& a) { return a.grad_q; });
-  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_k, [](const BackwardArgs& a) { return a.grad_k; });
-  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_v, [](const BackwardArgs& a) { return a.grad_v; });
+  std::vector<ParallelCopy::Range> copies;
+  ScatterRows(calls, q_offsets_, true, q_row, args_.grad_q, [](const BackwardArgs& a) { return a.grad_q; }, copies);
+  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_k, [](const BackwardArgs& a) { return a.grad_k; }, copies);
+  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_v, [](const BackwardArgs& a) { return a.grad_v; }, copies);
+  ParallelCopy::Shared().Copy(copies);
 }
 
 }  // namespace attnd::engine

@@ -39,10 +39,9 @@ BlockCache::~BlockCache() {
 }
 
 CachedBlock* BlockCache::TakeCached(size_t block_bytes, uintptr_t user) {
-  // The smallest class that fits, up to twice the size; among blocks of that class, the one this
-  // user freed last if any.
+  // The smallest cached block that fits; among blocks of that size, the one this user freed last.
   auto it = cached_.lower_bound(block_bytes);
-  if (it == cached_.end() || it->first > 2 * block_bytes) return nullptr;
+  if (it == cached_.end()) return nullptr;
   const size_t size = it->first;
   auto pick = it;
   for (auto same = it; same != cached_.end() && same->first == size; ++same) {

@@ -10,9 +10,14 @@
 // Policy:
 //   - Sizes round up to size classes, four per power of two (a block is at most 25% larger than
 //     asked) above min_block_bytes.
-//   - A freed block is cached, not released. An allocation takes a cached block of its class or
-//     up to twice that size (the smallest such; among equals, one the same user freed last: on a
-//     GPU that user is a stream, and stream order makes reuse safe without any wait).
+//   - A freed block is cached, not released. An allocation takes the smallest cached block that
+//     fits, however much larger (among equals, one the same user freed last: on a GPU that user
+//     is a stream, and stream order makes reuse safe without any wait). Holding a larger block
+//     for one call costs nothing next to a driver call, and it is what makes the driver calls
+//     stop: the blocks in use at once are bounded (one per stream lane, plus the batcher's and
+//     the lent buffers), so once the largest of each have been made every request finds a
+//     cached block, whatever mix of sizes follows (batch sizes vary from launch to launch).
+//     fragmentation() shows what that costs.
 //   - Hard cap: reserved bytes (in use + cached) never exceed cap_bytes. When a new block would
 //     cross it, cached blocks are released, least recently freed first; when the blocks in use
 //     alone leave no room, the allocation fails with RESOURCE_EXHAUSTED naming the request, and

@@ -1,9 +1,9 @@
 #include "server/backends/cuda/staged_transfers.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "server/backends/cuda/cuda_status.h"
+#include "server/engine/parallel_copy.h"
 
 namespace attnd {
 namespace {
@@ -64,7 +64,7 @@ absl::Status StagedTransfers::CopyInputs() {
     }
     for (size_t done = 0; done < p.bytes; done += chunk) {
       const size_t n = std::min(chunk, p.bytes - done);
-      std::memcpy(At(staging_.get(), offset), At(p.src, done), n);
+      engine::ParallelCopy::Shared().Copy(At(staging_.get(), offset), At(p.src, done), n);
       ATTND_RETURN_IF_CUDA(
           cudaMemcpyAsync(At(p.dst, done), At(staging_.get(), offset), n, cudaMemcpyHostToDevice, stream),
           "copying an input");
@@ -109,7 +109,7 @@ absl::Status StagedTransfers::FinishOutputs() {
   // copy may follow the last chunk (cheap when the stream is already idle).
   for (const PendingChunk& c : pending_) {
     ATTND_RETURN_IF_CUDA(cudaEventSynchronize(c.done), "waiting for an output chunk");
-    std::memcpy(c.dst, c.src, c.bytes);
+    engine::ParallelCopy::Shared().Copy(c.dst, c.src, c.bytes);
   }
   ATTND_RETURN_IF_CUDA(cudaStreamSynchronize(lane_->stream), "waiting for the outputs");
   in_flight_ = false;

@@ -6,8 +6,8 @@
 // goes through one staging block of the PinnedHostPool, in chunks: the host copies chunk i + 1
 // into staging while the DMA engine moves chunk i, and on the way back the host copies chunk i out
 // while chunk i + 1 is in flight. So a large pageable tensor costs about max(memcpy, PCIe) rather
-// than their sum. When the pinned pool has no room, the driver's own pageable path is used
-// (slower, still correct).
+// than their sum; the host's copies are spread over a few threads (engine/parallel_copy.h). When
+// the pinned pool has no room, the driver's own pageable path is used (slower, still correct).
 //
 // One staging block serves both directions: the D2H copies into it are queued after the H2D
 // copies out of it on the same stream, and the host reads it only after its chunk's event.

@@ -32,6 +32,17 @@ std::unique_ptr<Backend> Cuda(CudaBackendOptions options = {}) {
   return cuda.ok() ? *std::move(cuda) : nullptr;
 }
 
+// Polls `done` until it holds or 20 s pass (then the test fails instead of hanging).
+template <typename Done>
+bool WaitFor(Done done) {
+  const absl::Time end = absl::Now() + absl::Seconds(20);
+  while (!done()) {
+    if (absl::Now() > end) return false;
+    absl::SleepFor(absl::Microseconds(50));
+  }
+  return true;
+}
+
 class CudaBatchingTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -56,11 +67,13 @@ TEST_F(CudaBatchingTest, PackedLaunchesGiveEveryCallerTheBitsItGetsAlone) {
                                               PackedShape({1, 300, 17}, {40, 300, 1}, 16, 4, 128),
                                               DenseShape(1, 1000, 1000, 16, 4, 128)};
   for (bool backward : {false, true}) {
-    SCOPED_TRACE(backward ? "backward (deterministic)" : "forward");
+    // One BatchKey for all four (causal is part of it): forward without the mask, backward with it.
+    const bool causal = backward;
+    SCOPED_TRACE(backward ? "backward (deterministic, causal)" : "forward");
     std::unique_ptr<Backend> alone = Cuda();
     std::vector<std::unique_ptr<EngineCall>> calls, batched;
     for (size_t i = 0; i < shapes.size(); ++i) {
-      calls.push_back(MakeEngineCall(shapes[i], DType::kBF16, /*causal=*/i % 2 == 1, 100 + uint32_t(i)));
+      calls.push_back(MakeEngineCall(shapes[i], DType::kBF16, causal, 100 + uint32_t(i)));
       calls.back()->options.deterministic = true;
       if (backward) ASSERT_TRUE(alone->Forward(calls.back()->Forward()).ok());  // out and lse to differentiate
       batched.push_back(std::make_unique<EngineCall>(*calls.back()));
@@ -73,7 +86,7 @@ TEST_F(CudaBatchingTest, PackedLaunchesGiveEveryCallerTheBitsItGetsAlone) {
     for (auto& c : calls) ASSERT_TRUE((backward ? alone->Backward(c->Backward()) : alone->Forward(c->Forward())).ok());
 
     engine::BatcherOptions o;
-    o.max_queue_delay = absl::Hours(1);  // the batch forms when all four are queued
+    o.max_queue_delay = absl::Seconds(30);  // the batch forms when all four are queued (full)
     o.max_batch_requests = static_cast<int>(shapes.size());
     BatchingBackend packed(Cuda(), o);
     RunConcurrently(packed, batched, backward);
@@ -129,7 +142,7 @@ TEST_F(CudaBatchingTest, TenThousandRequestsLeakNothingAndStopCallingTheDriverOn
       }
     });
   }
-  while (warm.load() < kThreads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(WaitFor([&] { return warm.load() == kThreads || failures.load() > 0; }));
   after_warmup = driver_allocations();
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
@@ -165,9 +178,10 @@ TEST_F(CudaBatchingTest, DeadlinesCancellationAndAFullQueueFailOnlyTheirOwnCalls
   auto big = MakeEngineCall(DenseShape(1, 32768, 32768, 16, 16, 128), DType::kBF16, false, 1, /*oracle=*/false);
   absl::Status big_status;
   std::thread busy([&] { big_status = backend.Forward(big->Forward()); });
-  const absl::Time end = absl::Now() + absl::Seconds(10);
-  while (backend.Stats().running == 0 && absl::Now() < end) absl::SleepFor(absl::Microseconds(50));
-  ASSERT_EQ(backend.Stats().running, 1);
+  if (!WaitFor([&] { return backend.Stats().running == 1; })) {
+    busy.join();
+    FAIL() << "the large call never started";
+  }
 
   // Queue empty: a call whose deadline passes while it waits returns DEADLINE_EXCEEDED, uncomputed.
   auto expiring = MakeEngineCall(DenseShape(1, 64, 64, 16, 16, 128), DType::kBF16, false, 2);
@@ -181,14 +195,14 @@ TEST_F(CudaBatchingTest, DeadlinesCancellationAndAFullQueueFailOnlyTheirOwnCalls
   c.control.cancelled = &flag;
   absl::Status cancelled_status, extra_status;
   std::thread waiting([&] { cancelled_status = backend.Forward(c); });
-  while (backend.Stats().queue_depth < 1) absl::SleepFor(absl::Microseconds(20));
+  EXPECT_TRUE(WaitFor([&] { return backend.Stats().queue_depth >= 1 || backend.Stats().running == 0; }));
   auto extra = MakeEngineCall(DenseShape(1, 64, 64, 16, 16, 128), DType::kBF16, false, 4);
   std::thread queued([&] { extra_status = backend.Forward(extra->Forward()); });
-  while (backend.Stats().queue_depth < 2) absl::SleepFor(absl::Microseconds(20));
+  EXPECT_TRUE(WaitFor([&] { return backend.Stats().queue_depth >= 2 || backend.Stats().running == 0; }));
   auto refused = MakeEngineCall(DenseShape(1, 64, 64, 16, 16, 128), DType::kBF16, false, 5);
   const absl::Status full = backend.Forward(refused->Forward());
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
-  ASSERT_EQ(backend.Stats().running, 1) << "the large call ended before the checks: they prove nothing";
+  EXPECT_EQ(backend.Stats().running, 1) << "the large call ended before the checks: they prove nothing";
   flag = true;
   busy.join();
   waiting.join();
@@ -217,7 +231,7 @@ TEST_F(CudaBatchingTest, ARequestOverTheMemoryCapIsRefusedByNameWhileOthersAreSe
   const absl::Status st = cuda->Forward(huge->Forward());
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
   EXPECT_NE(st.message().find("forward request (1 sequences, 16384 q rows"), std::string::npos) << st;
-  while (small_ok < 20) std::this_thread::yield();
+  EXPECT_TRUE(WaitFor([&] { return small_ok >= 20 || small_failed > 0; }));
   stop = true;
   others.join();
   EXPECT_EQ(small_failed.load(), 0);

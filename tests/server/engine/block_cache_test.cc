@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -68,22 +69,42 @@ TEST(BlockCache, FreedBlocksAreReusedWithoutCallingTheDriver) {
   EXPECT_EQ(s.peak_in_use_bytes, 320000);
 }
 
-TEST(BlockCache, ABlockUpToTwiceTheSizeServesASmallerRequest) {
+TEST(BlockCache, TheSmallestCachedBlockThatFitsServesASmallerRequest) {
   FakeDriver driver;
   BlockCache cache(&driver, int64_t{1} << 30, kMin, "test memory");
   CachedBlock* big = *cache.Allocate(1 << 20, 1, "big");
+  CachedBlock* mid = *cache.Allocate(100000, 1, "mid");
   cache.Free(big, 1);
+  cache.Free(mid, 1);
+  CachedBlock* tiny = *cache.Allocate(1000, 1, "tiny");
+  EXPECT_EQ(tiny, mid);  // the smallest that fits, not the first one freed
   CachedBlock* half = *cache.Allocate((1 << 19) + 100, 1, "half");
   EXPECT_EQ(half, big);
-  cache.Free(half, 1);
-  CachedBlock* tiny = *cache.Allocate(1000, 1, "tiny");  // far smaller: a block of its own
-  EXPECT_NE(tiny, big);
   EXPECT_EQ(driver.allocations_, 2);
   const MemoryPoolStats s = cache.Stats();
-  EXPECT_EQ(s.in_use_bytes, 1000);
-  EXPECT_EQ(s.in_use_block_bytes, static_cast<int64_t>(kMin));
-  EXPECT_NEAR(s.fragmentation(), 1.0 - 1000.0 / kMin, 1e-12);
+  EXPECT_EQ(s.in_use_bytes, 1000 + (1 << 19) + 100);
+  EXPECT_EQ(s.in_use_block_bytes, static_cast<int64_t>(mid->bytes + big->bytes));
+  EXPECT_NEAR(s.fragmentation(), 1.0 - double(s.in_use_bytes) / s.in_use_block_bytes, 1e-12);
   cache.Free(tiny, 1);
+  cache.Free(half, 1);
+}
+
+TEST(BlockCache, OnceWarmAnyMixOfSizesMakesNoDriverCall) {
+  // Two lanes, batches of 1..64 requests of 1.5 MiB each in random order (the batcher's pattern).
+  FakeDriver driver;
+  BlockCache cache(&driver, int64_t{64} << 30, kMin, "test memory");
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> batch(1, 64);
+  int64_t warm = -1;
+  for (int i = 0; i < 20000; ++i) {
+    CachedBlock* a = *cache.Allocate(size_t(batch(rng)) * 1572864, 1, "lane 1");
+    CachedBlock* b = *cache.Allocate(size_t(batch(rng)) * 1572864, 2, "lane 2");
+    cache.Free(a, 1);
+    cache.Free(b, 2);
+    if (i == 1000) warm = cache.Stats().driver_allocations;
+  }
+  EXPECT_EQ(cache.Stats().driver_allocations, warm);
+  EXPECT_LE(warm, 20);
 }
 
 TEST(BlockCache, PrefersTheBlockItsOwnUserFreedLast) {
@@ -117,15 +138,15 @@ TEST(BlockCache, OverTheCapTheRequestIsRefusedByNameThenServedOnceMemoryIsFreed)
   ASSERT_TRUE(small.ok());
   cache.Free(*small, 3);
   cache.Free(held, 1);
-  // The cached blocks (too large to serve it, or too small) are released to make room: the
-  // refused request now fits.
+  // The freed 8 MiB block serves it now.
   absl::StatusOr<CachedBlock*> retried = cache.Allocate(3 << 20, 2, "forward request, again");
   ASSERT_TRUE(retried.ok()) << retried.status();
   const MemoryPoolStats s = cache.Stats();
   EXPECT_EQ(s.rejected, 1);
   EXPECT_LE(s.reserved_bytes, cap);
   EXPECT_LE(s.peak_reserved_bytes, cap);
-  EXPECT_EQ(s.driver_frees, 2);
+  EXPECT_EQ((*retried)->bytes, size_t{8} << 20);
+  EXPECT_EQ(s.driver_allocations, 2);
   cache.Free(*retried, 2);
 }
 
@@ -142,7 +163,7 @@ TEST(BlockCache, ARequestLargerThanTheCapIsRefusedWithoutTouchingTheCache) {
 
 TEST(BlockCache, EvictsLeastRecentlyFreedBlocksFirst) {
   FakeDriver driver;
-  BlockCache cache(&driver, 3 << 20, kMin, "test memory");
+  BlockCache cache(&driver, 4 << 20, kMin, "test memory");
   CachedBlock* first = *cache.Allocate(1 << 20, 1, "first");
   CachedBlock* second = *cache.Allocate(1 << 20, 1, "second");
   CachedBlock* third = *cache.Allocate(1 << 20, 1, "third");
@@ -151,11 +172,11 @@ TEST(BlockCache, EvictsLeastRecentlyFreedBlocksFirst) {
   cache.Free(first, 1);   // oldest
   cache.Free(third, 1);
   cache.Free(second, 1);  // newest
-  // A different class needs room for one block: the oldest goes.
-  CachedBlock* other = *cache.Allocate(300000, 1, "other class");  // under half: no cached block serves it
-  (void)other;
+  // No cached block fits 2 MiB, and 3 + 2 MiB would cross the cap: the oldest block goes.
+  CachedBlock* other = *cache.Allocate(2 << 20, 1, "larger");
   EXPECT_EQ(driver.released_.count(first_ptr), 1u);
   EXPECT_EQ(driver.released_.count(third_ptr), 0u);
+  EXPECT_EQ(cache.Stats().reserved_bytes, 4 << 20);
   cache.Free(other, 1);
 }
 
