@@ -130,9 +130,10 @@ bool IsPackable(const BackwardArgs& a) {
          Present(a.grad_k, s.kv_elements()) && Present(a.grad_v, s.kv_elements());
 }
 
-void* ScratchBuffer::Reserve(size_t bytes) {
+void* ScratchBuffer::Reserve(size_t bytes, size_t full_bytes) {
   if (buffer_.data != nullptr && bytes <= buffer_.size) return buffer_.data;
-  const size_t grown = std::max(bytes, buffer_.size + buffer_.size / 2);
+  const size_t grown =
+      std::max(bytes, full_bytes <= kMaxEagerBytes ? full_bytes : buffer_.size + buffer_.size / 2);
   buffer_ = HostBuffer{};  // give the old one back first: the pool may reuse its block
   absl::StatusOr<HostBuffer> fresh =
       host_memory_ != nullptr ? host_memory_->AllocateHostBuffer(grown) : AllocatePlainHostBuffer(grown);
@@ -152,9 +153,9 @@ const ForwardArgs& ForwardPacker::Pack(const std::vector<const ForwardArgs*>& ca
   args_.shape = &shape_;
   args_.options = first.options;
   args_.dtype = first.dtype;
-  void* q = q_.Reserve(shape_.total_q * q_row);
-  void* k = k_.Reserve(shape_.total_k * kv_row);
-  void* v = v_.Reserve(shape_.total_k * kv_row);
+  void* q = q_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  void* k = k_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  void* v = v_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
   std::vector<ParallelCopy::Range> copies;
   GatherRows(calls, q_offsets_, true, q_row, [](const ForwardArgs& a) { return a.q; }, q, copies);
   GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.k; }, k, copies);
@@ -163,8 +164,9 @@ const ForwardArgs& ForwardPacker::Pack(const std::vector<const ForwardArgs*>& ca
   args_.q = q;
   args_.k = k;
   args_.v = v;
-  args_.out = out_.Reserve(shape_.total_q * q_row);
-  args_.lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float)));
+  args_.out = out_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  const size_t lse_row = shape_.heads_q * sizeof(float);
+  args_.lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float), max_rows_ * lse_row));
   return args_;
 }
 
@@ -188,12 +190,13 @@ const BackwardArgs& BackwardPacker::Pack(const std::vector<const BackwardArgs*>&
   args_.shape = &shape_;
   args_.options = first.options;
   args_.dtype = first.dtype;
-  void* q = q_.Reserve(shape_.total_q * q_row);
-  void* k = k_.Reserve(shape_.total_k * kv_row);
-  void* v = v_.Reserve(shape_.total_k * kv_row);
-  void* out = out_.Reserve(shape_.total_q * q_row);
-  void* grad_out = grad_out_.Reserve(shape_.total_q * q_row);
-  auto* lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float)));
+  void* q = q_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  void* k = k_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  void* v = v_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  void* out = out_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  void* grad_out = grad_out_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  const size_t lse_row = shape_.heads_q * sizeof(float);
+  auto* lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float), max_rows_ * lse_row));
   std::vector<ParallelCopy::Range> copies;
   GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.q; }, q, copies);
   GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.k; }, k, copies);
@@ -210,9 +213,9 @@ const BackwardArgs& BackwardPacker::Pack(const std::vector<const BackwardArgs*>&
   args_.out = out;
   args_.lse = lse;
   args_.grad_out = grad_out;
-  args_.grad_q = grad_q_.Reserve(shape_.total_q * q_row);
-  args_.grad_k = grad_k_.Reserve(shape_.total_k * kv_row);
-  args_.grad_v = grad_v_.Reserve(shape_.total_k * kv_row);
+  args_.grad_q = grad_q_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  args_.grad_k = grad_k_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  args_.grad_v = grad_v_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
   return args_;
 }
 

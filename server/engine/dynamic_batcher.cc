@@ -66,7 +66,7 @@ struct DynamicBatcher::Group {
 };
 
 struct DynamicBatcher::Packers {
-  explicit Packers(Backend* host_memory) : forward(host_memory), backward(host_memory) {}
+  Packers(Backend* host_memory, int64_t max_rows) : forward(host_memory, max_rows), backward(host_memory, max_rows) {}
   ForwardPacker forward;
   BackwardPacker backward;
   std::vector<const ForwardArgs*> forward_calls;
@@ -142,7 +142,7 @@ DynamicBatcher::Ticket DynamicBatcher::SubmitBackward(const BackwardArgs& args, 
   Call call;
   call.key = MakeBatchKey(Direction::kBackward, *args.shape, args.options, args.dtype);
   call.backward = args;
-  call.alone = !IsPackable(args);
+  call.alone = !IsPackable(args) || args.options.deterministic || options_.all_backward_deterministic;
   call.q_rows = args.shape->total_q;
   call.k_rows = args.shape->total_k;
   call.deadline = ToAbslTime(args.control.deadline);
@@ -299,7 +299,7 @@ bool DynamicBatcher::NextBatch(std::list<Call>& batch, std::list<Call>& dropped)
 }
 
 void DynamicBatcher::ExecutorLoop() {
-  Packers packers(backend_);
+  Packers packers(backend_, options_.max_batch_tokens);
   std::list<Call> batch, dropped;
   for (;;) {
     bool more;

@@ -69,7 +69,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateEngineFromFlags(std::string_view 
   if (!backends.ok()) return backends.status();
   std::vector<std::unique_ptr<Backend>> engines;
   for (std::unique_ptr<Backend>& b : *backends) {
-    absl::StatusOr<std::unique_ptr<Backend>> batched = WrapWithBatcherFromFlags(std::move(b));
+    absl::StatusOr<std::unique_ptr<Backend>> batched = WrapWithBatcherFromFlags(std::move(b), options.deterministic);
     if (!batched.ok()) return batched.status();
     engines.push_back(*std::move(batched));
   }
