@@ -19,7 +19,7 @@ struct BatchingBackend::Waiter {
 };
 
 BatchingBackend::BatchingBackend(std::unique_ptr<Backend> inner, const engine::BatcherOptions& options)
-    : inner_(std::move(inner)), batcher_(std::make_unique<engine::DynamicBatcher>(inner_.get(), options)) {}
+    : BackendDecorator(std::move(inner)), batcher_(std::make_unique<engine::DynamicBatcher>(inner_.get(), options)) {}
 
 BatchingBackend::~BatchingBackend() { batcher_.reset(); }
 

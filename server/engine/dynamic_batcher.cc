@@ -348,36 +348,31 @@ double SecondsSince(absl::Time t) { return absl::ToDoubleSeconds(absl::Now() - t
 }  // namespace
 
 absl::Status DynamicBatcher::RunPacked(const std::list<Call>& batch, Packers& packers) {
-  return Guarded([&]() -> absl::Status {
-    CallTimings launch;
-    const int n = static_cast<int>(batch.size());
+  // The same steps for either direction: gather, one launch, scatter, each caller's timings.
+  auto run = [&](auto& packer, auto& calls, auto Call::*args, auto launch) -> absl::Status {
+    CallTimings timings;
     absl::Time start = absl::Now();
-    if (batch.front().key.direction == Direction::kForward) {
-      packers.forward_calls.clear();
-      for (const Call& c : batch) packers.forward_calls.push_back(&c.forward);
-      ForwardArgs packed = packers.forward.Pack(packers.forward_calls);
-      packed.timings = &launch;
-      const double gather_s = SecondsSince(start);
-      absl::Status status = backend_->Forward(packed);
-      if (!status.ok()) return status;
-      start = absl::Now();
-      packers.forward.Scatter(packers.forward_calls);
-      const double scatter_s = SecondsSince(start);
-      for (const Call& c : batch) ShareTimings(launch, c.queued_s, n, gather_s, scatter_s, c.forward.timings);
-      return status;
-    }
-    packers.backward_calls.clear();
-    for (const Call& c : batch) packers.backward_calls.push_back(&c.backward);
-    BackwardArgs packed = packers.backward.Pack(packers.backward_calls);
-    packed.timings = &launch;
+    calls.clear();
+    for (const Call& c : batch) calls.push_back(&(c.*args));
+    auto packed = packer.Pack(calls);
+    packed.timings = &timings;
     const double gather_s = SecondsSince(start);
-    absl::Status status = backend_->Backward(packed);
+    absl::Status status = launch(packed);
     if (!status.ok()) return status;
     start = absl::Now();
-    packers.backward.Scatter(packers.backward_calls);
+    packer.Scatter(calls);
     const double scatter_s = SecondsSince(start);
-    for (const Call& c : batch) ShareTimings(launch, c.queued_s, n, gather_s, scatter_s, c.backward.timings);
+    const int n = static_cast<int>(batch.size());
+    for (const Call& c : batch) ShareTimings(timings, c.queued_s, n, gather_s, scatter_s, (c.*args).timings);
     return status;
+  };
+  return Guarded([&]() -> absl::Status {
+    if (batch.front().key.direction == Direction::kForward) {
+      return run(packers.forward, packers.forward_calls, &Call::forward,
+                 [&](const ForwardArgs& a) { return backend_->Forward(a); });
+    }
+    return run(packers.backward, packers.backward_calls, &Call::backward,
+               [&](const BackwardArgs& a) { return backend_->Backward(a); });
   });
 }
 

@@ -13,30 +13,21 @@
 #include "absl/synchronization/mutex.h"
 #include "server/backend.h"
 #include "server/backend_stats.h"
+#include "server/engine/backend_decorator.h"
 
 namespace attnd::engine {
 
-class StageTimingBackend final : public Backend {
+class StageTimingBackend final : public BackendDecorator {
  public:
-  explicit StageTimingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  explicit StageTimingBackend(std::unique_ptr<Backend> inner) : BackendDecorator(std::move(inner)) {}
 
-  std::string_view name() const override { return inner_->name(); }
-  std::vector<DeviceDescription> Devices() const override { return inner_->Devices(); }
-  std::vector<int> SupportedHeadDims() const override { return inner_->SupportedHeadDims(); }
-  absl::Status CheckSupported(const AttentionShape& shape, DType dtype) const override {
-    return inner_->CheckSupported(shape, dtype);
-  }
   absl::Status Forward(const ForwardArgs& args) override;
   absl::Status Backward(const BackwardArgs& args) override;
-  absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) override { return inner_->AllocateHostBuffer(bytes); }
   void CollectStats(BackendStats& stats) const override;
-
-  Backend* inner() const { return inner_.get(); }
 
  private:
   void Record(const CallTimings& timings, double total_s);
 
-  std::unique_ptr<Backend> inner_;
   mutable absl::Mutex mu_;
   StageHistograms stages_ ABSL_GUARDED_BY(mu_);
 };
