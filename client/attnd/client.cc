@@ -208,6 +208,15 @@ absl::StatusOr<v1::ServerInfo> Client::GetServerInfo(const CallOptions& call) {
   return info;
 }
 
+absl::StatusOr<v1::ServerStats> Client::GetStats(const CallOptions& call) {
+  grpc::ClientContext context;
+  Prepare(call, &context);
+  v1::ServerStats stats;
+  grpc::Status status = stub_->GetStats(&context, v1::GetStatsRequest(), &stats);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return stats;
+}
+
 std::shared_ptr<PendingCall> Client::ForwardAsync(std::shared_ptr<const v1::ForwardRequest> request,
                                                   ResponseCallback<v1::ForwardResponse> done,
                                                   const CallOptions& call) {

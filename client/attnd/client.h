@@ -116,6 +116,8 @@ class Client {
   absl::StatusOr<v1::BackwardResponse> Backward(const v1::BackwardRequest& request,
                                                 const CallOptions& call = {});
   absl::StatusOr<v1::ServerInfo> GetServerInfo(const CallOptions& call = {});
+  // The daemon's cumulative measurements (engine stages, batcher, GPU pools); see ServerStats.
+  absl::StatusOr<v1::ServerStats> GetStats(const CallOptions& call = {});
 
   // Asynchronous calls (gRPC callback API). The call owns its context and keeps the request alive
   // until it completes; pass a shared request to send the same payload many times without copying

@@ -88,6 +88,7 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   }
   void set_queue_wait(double seconds) { queue_wait_s_ = seconds; }
   void set_compute(double seconds) { compute_s_ = seconds; }
+  void set_timings(const CallTimings& timings) { timings_ = timings; }
   static double SecondsSince(Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   }
@@ -112,6 +113,11 @@ class CallReactor final : public grpc::ServerUnaryReactor {
     r.queue_wait_s = queue_wait_s_;
     r.compute_s = compute_s_;
     r.total_s = total_s_;
+    r.batch_queue_s = timings_.queue_s;
+    r.h2d_s = timings_.h2d_s;
+    r.kernel_s = timings_.kernel_s;
+    r.d2h_s = timings_.d2h_s;
+    r.batch_requests = timings_.batch_requests;
     return r;
   }
 
@@ -128,6 +134,7 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   double queue_wait_s_ = -1;
   double compute_s_ = -1;
   double total_s_ = 0;
+  CallTimings timings_;  // the engine's stages, when it computed the call
 };
 
 const char* AttndVersion() { return ATTND_VERSION; }
@@ -172,7 +179,7 @@ CallReactor* AttentionService::StartCall(RpcMethod method, grpc::CallbackServerC
 }
 
 void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
-                                absl::AnyInvocable<absl::Status(const CallControl&) &&> compute) {
+                                absl::AnyInvocable<absl::Status(const CallControl&, CallTimings*) &&> compute) {
   if (context->deadline() <= std::chrono::system_clock::now()) {
     reactor->Complete(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before the call was computed"));
     return;
@@ -191,11 +198,12 @@ void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContex
       return;
     }
     absl::Status status;
+    CallTimings timings;
     const CallReactor::Clock::time_point compute_start = CallReactor::Clock::now();
     try {
       // The deadline and the cancellation travel with the call, so a backend that queues it
       // (the dynamic batcher) can still drop it uncomputed.
-      status = std::move(compute)(CallControl{context->deadline(), reactor->cancelled_flag()});
+      status = std::move(compute)(CallControl{context->deadline(), reactor->cancelled_flag()}, &timings);
     } catch (const std::bad_alloc&) {
       // Sizing a large response on a host that is out of memory.
       status = absl::ResourceExhaustedError("out of host memory while computing the response");
@@ -204,6 +212,7 @@ void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContex
       status = absl::InternalError(absl::StrCat("backend failure: ", e.what()));
     }
     reactor->set_compute(CallReactor::SecondsSince(compute_start));
+    reactor->set_timings(timings);
     reactor->Complete(ToGrpc(status));
   };
   // Complete() may run on a worker before this handler returns the reactor: gRPC holds it until
@@ -232,8 +241,11 @@ bool AttentionService::WaitUntilIdle(absl::Time deadline) {
 }
 
 void AttentionService::CallDone(const CallReactor& call) {
-  if (metrics_ == nullptr && access_log_ == nullptr) return;
+  const bool computed = call.code() == grpc::StatusCode::OK &&
+                        (call.method() == RpcMethod::kForward || call.method() == RpcMethod::kBackward);
+  if (metrics_ == nullptr && access_log_ == nullptr && !computed) return;
   const AccessRecord record = call.Record();
+  if (computed) latencies_.Record(record);
   if (metrics_ != nullptr) metrics_->RecordCall(call.method(), record, call.code());
   if (access_log_ != nullptr) access_log_->Write(record);
 }
@@ -263,8 +275,9 @@ grpc::ServerUnaryReactor* AttentionService::Forward(grpc::CallbackServerContext*
     return reactor;
   }
   Dispatch(reactor, context,
-           [this, call = std::move(*call), request, response](const CallControl& control) -> absl::Status {
-    return ComputeForward(call, control, *request, response);
+           [this, call = std::move(*call), request, response](const CallControl& control,
+                                                              CallTimings* timings) -> absl::Status {
+    return ComputeForward(call, control, timings, *request, response);
   });
   return reactor;
 }
@@ -284,8 +297,9 @@ grpc::ServerUnaryReactor* AttentionService::Backward(grpc::CallbackServerContext
     return reactor;
   }
   Dispatch(reactor, context,
-           [this, call = std::move(*call), request, response](const CallControl& control) -> absl::Status {
-    return ComputeBackward(call, control, *request, response);
+           [this, call = std::move(*call), request, response](const CallControl& control,
+                                                              CallTimings* timings) -> absl::Status {
+    return ComputeBackward(call, control, timings, *request, response);
   });
   return reactor;
 }
@@ -300,13 +314,25 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
   return reactor;
 }
 
+grpc::ServerUnaryReactor* AttentionService::GetStats(grpc::CallbackServerContext* context,
+                                                     const v1::GetStatsRequest* request, v1::ServerStats* response) {
+  bool draining = false;  // served while draining: an operator watches the drain through it
+  CallReactor* reactor = StartCall(RpcMethod::kGetStats, context, *request, response, &draining);
+  BackendStats engine;
+  backend_->CollectStats(engine);
+  FillServerStats(engine, latencies_.Snapshot(), absl::ToDoubleSeconds(absl::Now() - started_), response);
+  reactor->Complete(grpc::Status::OK);
+  return reactor;
+}
+
 absl::Status AttentionService::ComputeForward(const ValidatedForward& call, const CallControl& control,
-                                              const v1::ForwardRequest& request,
+                                              CallTimings* timings, const v1::ForwardRequest& request,
                                               v1::ForwardResponse* response) {
   OutputBytes out(response->mutable_out(), call.dtype, ShapeOf(request.q()), call.shape.q_elements());
   OutputBytes lse(response->mutable_lse(), DType::kFP32, LseShape(call.shape), call.shape.lse_elements());
   ForwardArgs args = call.Args(out.data(), static_cast<float*>(lse.data()));
   args.control = control;
+  args.timings = timings;
   absl::Status status = backend_->Forward(args);
   if (!status.ok()) {
     response->Clear();  // never half a result
@@ -318,13 +344,14 @@ absl::Status AttentionService::ComputeForward(const ValidatedForward& call, cons
 }
 
 absl::Status AttentionService::ComputeBackward(const ValidatedBackward& call, const CallControl& control,
-                                               const v1::BackwardRequest& request,
+                                               CallTimings* timings, const v1::BackwardRequest& request,
                                                v1::BackwardResponse* response) {
   OutputBytes grad_q(response->mutable_grad_q(), call.dtype, ShapeOf(request.q()), call.shape.q_elements());
   OutputBytes grad_k(response->mutable_grad_k(), call.dtype, ShapeOf(request.k()), call.shape.kv_elements());
   OutputBytes grad_v(response->mutable_grad_v(), call.dtype, ShapeOf(request.v()), call.shape.kv_elements());
   BackwardArgs args = call.Args(grad_q.data(), grad_k.data(), grad_v.data());
   args.control = control;
+  args.timings = timings;
   absl::Status status = backend_->Backward(args);
   if (!status.ok()) {
     response->Clear();

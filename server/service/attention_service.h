@@ -25,6 +25,7 @@
 #include "attnd/v1/attention.grpc.pb.h"
 #include "server/backend.h"
 #include "server/service/request_validation.h"
+#include "server/service/server_stats.h"
 #include "server/service/service_metrics.h"
 #include "server/service/structured_log.h"
 #include "server/service/worker_pool.h"
@@ -49,6 +50,9 @@ class AttentionService final : public v1::Attention::CallbackService {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;
+  // The engine's and the service's measurements (server_stats.h); served while draining too.
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context, const v1::GetStatsRequest* request,
+                                     v1::ServerStats* response) override;
 
   const v1::ServerInfo& info() const { return info_; }
 
@@ -67,16 +71,17 @@ class AttentionService final : public v1::Attention::CallbackService {
                          bool* draining);
   // Queues `compute` on the pool; `reactor` is finished with compute's status, or without running
   // it when the call was cancelled, expired or the queue is full.
+  // `compute` gets the call's CallTimings to hand to the engine.
   void Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
-                absl::AnyInvocable<absl::Status(const CallControl&) &&> compute);
+                absl::AnyInvocable<absl::Status(const CallControl&, CallTimings*) &&> compute);
 
   friend class CallReactor;
   void CallDone(const CallReactor& call);  // records the call; the reactor is still alive
   void CallDeleted();                       // the reactor is gone: one call fewer in flight
 
-  absl::Status ComputeForward(const ValidatedForward& call, const CallControl& control,
+  absl::Status ComputeForward(const ValidatedForward& call, const CallControl& control, CallTimings* timings,
                               const v1::ForwardRequest& request, v1::ForwardResponse* response);
-  absl::Status ComputeBackward(const ValidatedBackward& call, const CallControl& control,
+  absl::Status ComputeBackward(const ValidatedBackward& call, const CallControl& control, CallTimings* timings,
                                const v1::BackwardRequest& request, v1::BackwardResponse* response);
 
   Backend* const backend_;
@@ -85,6 +90,8 @@ class AttentionService final : public v1::Attention::CallbackService {
   ServiceMetrics* const metrics_;
   AccessLog* const access_log_;
   v1::ServerInfo info_;
+  ServiceLatencyStats latencies_;
+  const absl::Time started_ = absl::Now();
 
   absl::Mutex mu_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
