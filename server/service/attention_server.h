@@ -85,6 +85,8 @@ class AttentionServer {
  private:
   AttentionServer();
   void RegisterGauges();  // the callback gauges that read the pool and the service
+  // The last step of Shutdown(): every connection closed, then the gRPC server stopped.
+  void CloseConnectionsAndStop();
 
   enum class State { kStarting, kRunning, kDraining, kStopped };
 
@@ -98,6 +100,7 @@ class AttentionServer {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
   int port_ = 0;
+  std::string unix_path_;  // "unix:PATH" listeners
   std::string address_;
   std::string metrics_address_;
 
