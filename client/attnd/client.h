@@ -79,8 +79,21 @@ struct ClientOptions {
   // a larger request is sent once and not retried (gRPC's default, 256 KiB, would exclude almost
   // every attention payload).
   int retry_buffer_bytes = 64 << 20;
-  // Null: plaintext (insecure) credentials.
+  // Null: plaintext (insecure) credentials, unless the TLS options below ask for TLS.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Transport security (with `credentials` null): TLS when use_tls is set or any tls_* file is
+  // named. tls_ca_file: PEM roots that signed the daemon's certificate (empty: the system's
+  // roots). tls_cert_file + tls_key_file: this client's certificate and key, for a daemon that
+  // requires mutual TLS (--tls_client_ca). tls_server_name: the name the daemon's certificate must
+  // carry, instead of the target's host.
+  bool use_tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_server_name;
+  // Sent as "authorization: Bearer <token>" with every call, for a daemon with --auth_tokens_file.
+  // Needs TLS: gRPC never sends such a token over a plaintext connection.
+  std::string bearer_token;
   // Further channel arguments ("grpc.*" keys), applied after the ones above.
   std::vector<std::pair<std::string, std::variant<int, std::string>>> channel_args;
 };
@@ -102,8 +115,9 @@ using ResponseCallback = std::function<void(absl::StatusOr<Response>)>;
 class Client {
  public:
   // Builds the channel and, when options.connect_timeout > 0, waits for it to be ready:
-  // UNAVAILABLE (naming the target) if the daemon cannot be reached in that time,
-  // INVALID_ARGUMENT if the target is empty or the load-balancing / retry options are invalid.
+  // UNAVAILABLE (naming the target) if the daemon cannot be reached in that time (a failed TLS
+  // handshake included), INVALID_ARGUMENT if the target is empty or the load-balancing, retry or
+  // TLS options are invalid, NOT_FOUND for a TLS file that cannot be read.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   Client(const Client&) = delete;

@@ -68,6 +68,28 @@ absl::Status CheckListenAddress(const std::string& listen) {
   return absl::OkStatus();
 }
 
+struct HealthOnlyServer {
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+};
+
+// A plaintext listener that serves only the default grpc.health.v1 service (no attention calls,
+// no reflection): what a probe may reach without credentials.
+absl::StatusOr<HealthOnlyServer> StartHealthOnlyServer(const std::string& listen) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(4096);  // a HealthCheckRequest names a service, nothing more
+  HealthOnlyServer health;
+  health.server = builder.BuildAndStart();
+  if (health.server == nullptr || (!absl::StartsWith(listen, "unix:") && port == 0)) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on health_listen '", listen, "' (address in use?)"));
+  }
+  health.address = DialableAddress(listen, port);
+  return health;
+}
+
 }  // namespace
 
 AttentionServer::AttentionServer() = default;
@@ -84,7 +106,18 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
     return absl::InvalidArgumentError(
         absl::StrCat("max_tokens_per_request: must be positive, got ", options.max_tokens_per_request));
   }
+  if (options.max_concurrent_streams < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_concurrent_streams: must be >= 0 (0: no limit), got ", options.max_concurrent_streams));
+  }
   if (absl::Status s = CheckListenAddress(options.listen); !s.ok()) return s;
+  if (!options.health_listen.empty()) {
+    if (absl::Status s = CheckListenAddress(options.health_listen); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("health_", s.message()));
+    }
+  }
+  absl::StatusOr<ServerSecurity> security = MakeServerSecurity(options.security);
+  if (!security.ok()) return security.status();
   InitGrpcOnce();
 
   RequestLimits limits;
@@ -100,11 +133,21 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
     server->access_log_ = *std::move(log);
   }
   server->backend_ = std::move(backend);
-  server->pool_ = std::make_unique<WorkerPool>(options.worker_threads, kMaxQueuedCalls);
+  server->pool_ = std::make_unique<WorkerPool>(options.worker_threads, options.max_queued_calls);
   server->service_ = std::make_unique<AttentionService>(server->backend_.get(), server->pool_.get(), limits,
                                                         AvailableBackends(), server->service_metrics_.get(),
                                                         server->access_log_.get());
-  server->RegisterGauges();
+  server->RegisterGauges(options.max_queued_calls);
+  server->tokens_ = security->tokens;
+  if (server->tokens_ != nullptr) {
+    metrics::MetricsRegistry* registry = server->registry_.get();
+    server->tokens_->OnRefused([registry](grpc::StatusCode code) {
+      registry
+          ->GetCounter("attnd_auth_refused_total", "Calls refused by token authentication, by status.",
+                       {{"code", std::string(StatusCodeName(code))}})
+          .Increment();
+    });
+  }
   if (!options.metrics_listen.empty()) {
     // Before the gRPC port: a bad or busy metrics address fails the start before any call is taken.
     absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> http =
@@ -116,7 +159,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
 
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, security->credentials, &port);
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(limits.max_request_bytes + kMessageOverheadBytes, INT_MAX)));
@@ -124,15 +167,22 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   // gRPC sets SO_REUSEPORT by default, which would let a second daemon bind the same port and
   // silently split the traffic; a port in use must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (options.max_concurrent_streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  }
   server->server_ = builder.BuildAndStart();
   const bool unix_socket = absl::StartsWith(options.listen, "unix:");
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen,
                                                "' (address in use, or not host:port / unix:path)"));
   }
-  if (grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService()) {
-    health->SetServingStatus(std::string(v1::Attention::service_full_name()), true);
+  if (!options.health_listen.empty()) {
+    absl::StatusOr<HealthOnlyServer> health = StartHealthOnlyServer(options.health_listen);
+    if (!health.ok()) return health.status();
+    server->health_server_ = std::move(health->server);
+    server->health_address_ = health->address;
   }
+  server->SetServing(true);
   server->port_ = unix_socket ? 0 : port;
   if (unix_socket) {  // "unix:relative", "unix:/absolute" or "unix:///absolute"
     server->unix_path_ = options.listen.substr(std::string_view("unix:").size());
@@ -146,6 +196,10 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   // This exact line is the readiness signal scripts and tests parse; everything else is logfmt.
   std::fprintf(stderr, "attnd listening on %s\n", server->address_.c_str());
   std::fflush(stderr);
+  LogLine(LogLevel::kInfo, "transport security")
+      .Kv("tls", !security->tls ? "off" : security->mutual_tls ? "mutual" : "on")
+      .Kv("auth_tokens", server->tokens_ != nullptr ? "on" : "off")
+      .Kv("health_address", server->health_address_.empty() ? "-" : server->health_address_);
   if (server->metrics_http_ != nullptr) {
     LogLine(LogLevel::kInfo, "metrics exporter listening")
         .Kv("metrics_address", server->metrics_address_)
@@ -154,7 +208,27 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   return server;
 }
 
-void AttentionServer::RegisterGauges() {
+void AttentionServer::SetServing(bool serving) {
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    grpc::HealthCheckServiceInterface* health = s != nullptr ? s->GetHealthCheckService() : nullptr;
+    if (health == nullptr) continue;
+    if (serving) {
+      health->SetServingStatus("", true);
+      health->SetServingStatus(std::string(v1::Attention::service_full_name()), true);
+    } else {
+      health->SetServingStatus(false);  // every service
+    }
+  }
+}
+
+absl::StatusOr<int> AttentionServer::ReloadAuthTokens() {
+  if (tokens_ == nullptr) {
+    return absl::FailedPreconditionError("token authentication is off (no auth_tokens_file): nothing to reload");
+  }
+  return tokens_->Reload();
+}
+
+void AttentionServer::RegisterGauges(size_t max_queued_calls) {
   WorkerPool* pool = pool_.get();
   AttentionService* service = service_.get();
   registry_->AddCallbackGauge("attnd_queue_depth", "Validated calls waiting for a worker.", {},
@@ -164,7 +238,7 @@ void AttentionServer::RegisterGauges() {
   registry_->GetGauge("attnd_workers", "Worker threads (calls computed at once).")
       .Set(static_cast<double>(pool->threads()));
   registry_->GetGauge("attnd_queue_capacity", "Calls that may wait for a worker before new ones are refused.")
-      .Set(static_cast<double>(kMaxQueuedCalls));
+      .Set(static_cast<double>(max_queued_calls));
   registry_->AddCallbackGauge("attnd_calls_in_flight", "Calls received and not yet done (queued, computing, sending).",
                               {}, [service] { return static_cast<double>(service->calls_in_flight()); });
   registry_->GetGauge("attnd_build_info", "Always 1; the labels tell the version and the backend.",
@@ -187,12 +261,16 @@ void AttentionServer::Shutdown(absl::Duration grace) {
   // while those accepted (queued for a worker or running) complete, until the last is done or
   // the grace has passed. A running backend call still returns before Shutdown does; a cancelled
   // queued one is dropped by its worker.
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  if (health != nullptr) health->SetServingStatus(false);
+  SetServing(false);
   service_->StartDraining();
   service_->WaitUntilIdle(absl::Now() + std::max(grace, absl::ZeroDuration()));
-  if (health != nullptr) health->Shutdown();
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    grpc::HealthCheckServiceInterface* health = s != nullptr ? s->GetHealthCheckService() : nullptr;
+    if (health != nullptr) health->Shutdown();
+  }
   CloseConnectionsAndStop();
+  // Probes on the health-only listener saw NOT_SERVING for the whole drain; it goes last.
+  if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   pool_->Stop();
   // Last: a scrape during the drain still answers, and sees the calls finish.
   if (metrics_http_ != nullptr) metrics_http_->Stop();
