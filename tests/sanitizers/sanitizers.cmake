@@ -2,9 +2,11 @@
 #   address  AddressSanitizer + UndefinedBehaviorSanitizer (LeakSanitizer included); any UB aborts.
 #   thread   ThreadSanitizer. Every executable also links tests/sanitizers/tsan_absl_mutex.cc,
 #            which makes Debian's uninstrumented Abseil Mutex visible to TSan (see that file).
+#   fuzzer   clang only: ASan + UBSan plus libFuzzer's coverage on everything, and the
+#            tests/fuzz targets linked with libFuzzer (scripts/fuzz.sh).
 # Debian's gRPC, protobuf and Abseil stay uninstrumented: their own code is not checked, ours is.
-set(ATTND_SANITIZE "" CACHE STRING "Sanitizer build: empty, address (ASan+UBSan) or thread (TSan)")
-set_property(CACHE ATTND_SANITIZE PROPERTY STRINGS "" address thread)
+set(ATTND_SANITIZE "" CACHE STRING "Sanitizer build: empty, address (ASan+UBSan), thread (TSan) or fuzzer (libFuzzer)")
+set_property(CACHE ATTND_SANITIZE PROPERTY STRINGS "" address thread fuzzer)
 
 # Compile and link flags for every target created after this call.
 macro(attnd_sanitizer_flags)
@@ -14,8 +16,14 @@ macro(attnd_sanitizer_flags)
   elseif(ATTND_SANITIZE STREQUAL "thread")
     add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
     add_link_options(-fsanitize=thread)
+  elseif(ATTND_SANITIZE STREQUAL "fuzzer")
+    if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+      message(FATAL_ERROR "ATTND_SANITIZE=fuzzer needs clang (libFuzzer): -DCMAKE_CXX_COMPILER=clang++-14")
+    endif()
+    add_compile_options(-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+    add_link_options(-fsanitize=address,undefined)
   elseif(ATTND_SANITIZE)
-    message(FATAL_ERROR "ATTND_SANITIZE must be empty, address or thread, not '${ATTND_SANITIZE}'")
+    message(FATAL_ERROR "ATTND_SANITIZE must be empty, address, thread or fuzzer, not '${ATTND_SANITIZE}'")
   endif()
   if(ATTND_SANITIZE)
     message(STATUS "attnd: sanitizer build (${ATTND_SANITIZE})")
