@@ -1,5 +1,8 @@
 #include "server/service/attention_server.h"
 
+#include <malloc.h>
+#include <unistd.h>
+
 #include <climits>
 #include <cstdio>
 #include <mutex>
@@ -41,6 +44,16 @@ void InitGrpcOnce() {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   });
+}
+
+// VmRSS of this process in bytes, or -1.
+int64_t ResidentBytes() {
+  std::FILE* statm = std::fopen("/proc/self/statm", "r");
+  if (statm == nullptr) return -1;
+  long pages = 0, resident = 0;
+  const int read = std::fscanf(statm, "%ld %ld", &pages, &resident);
+  std::fclose(statm);
+  return read == 2 ? static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE) : -1;
 }
 
 // "0.0.0.0:0" + 43211 -> "127.0.0.1:43211"; "[::]:0" -> "[::1]:43211"; "host:0" -> "host:43211".
@@ -241,6 +254,16 @@ void AttentionServer::RegisterGauges(size_t max_queued_calls) {
       .Set(static_cast<double>(max_queued_calls));
   registry_->AddCallbackGauge("attnd_calls_in_flight", "Calls received and not yet done (queued, computing, sending).",
                               {}, [service] { return static_cast<double>(service->calls_in_flight()); });
+  // The process's memory, for leak checks and capacity planning (tests/reliability/soak): resident
+  // pages, and the heap bytes malloc has handed out and not had back, which unlike the resident size
+  // does not keep what the allocator caches after a peak.
+  registry_->AddCallbackGauge("process_resident_memory_bytes", "Resident memory of the attnd process.", {},
+                              [] { return static_cast<double>(ResidentBytes()); });
+  registry_->AddCallbackGauge("attnd_heap_in_use_bytes", "Heap bytes allocated and not freed (malloc's count).", {},
+                              [] {
+                                const struct mallinfo2 m = mallinfo2();
+                                return static_cast<double>(m.uordblks + m.hblkhd);
+                              });
   registry_->GetGauge("attnd_build_info", "Always 1; the labels tell the version and the backend.",
                       {{"backend", std::string(backend_->name())}, {"version", AttndVersion()}})
       .Set(1);
