@@ -4,6 +4,8 @@
 #            validation, service and daemon, clients, limits, auth, shutdown, fuzz replays.
 #   thread   TSan build of the daemon and the batcher: batcher, worker pool, service, daemon,
 #            clients, limits, shutdown under load.
+# Both also soak their own attnd for ${ATTND_SANITIZER_SOAK_SECONDS:-20} s with SIGTERM rounds
+# (attnd_soak): a report from the daemon makes it exit non-zero, which fails the soak.
 # Usage: scripts/sanitize.sh [address|thread]... (default: both). Builds go to
 # ${ATTND_BUILD_DIR:-build}-asan / -tsan; ATTND_SANITIZERS=0 skips everything. Sanitizer reports fail
 # the test that made them; suppressions (third-party code only) live in tests/sanitizers/.
@@ -20,10 +22,10 @@ supp=$PWD/tests/sanitizers
 # as TARGET_NOT_BUILT, excluded below with the tests that are not C++ programs of ours.
 address_targets=(cpu_backend_test engine_test request_validation_test attention_server_test attnd_daemon_test attnd
   service_metrics_test client_unit_test client_end_to_end_test client_scale_out_test token_file_test auth_test
-  limits_test shutdown_under_load_test request_validation_fuzz_replay tensor_decoding_fuzz_replay)
+  limits_test shutdown_under_load_test request_validation_fuzz_replay tensor_decoding_fuzz_replay attnd_soak)
 address_skip='_NOT_BUILT|python|prometheus|deploy|plot_sweep'
 thread_targets=(engine_test attention_server_test attnd_daemon_test attnd client_end_to_end_test client_scale_out_test
-  limits_test shutdown_under_load_test)
+  limits_test shutdown_under_load_test attnd_soak)
 thread_skip='_NOT_BUILT|python|prometheus|deploy|plot_sweep|fuzz_replay'
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"
@@ -39,7 +41,7 @@ for mode in "${modes[@]}"; do
   esac
   start=$(date +%s)
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTND_WITH_CUDA=OFF \
-    -DATTND_SANITIZE="$mode" ${ATTND_CMAKE_ARGS:-} >/dev/null
+    -DATTND_SANITIZE="$mode" -DATTND_SOAK_SECONDS="${ATTND_SANITIZER_SOAK_SECONDS:-20}" -DATTND_SOAK_RSS_LIMIT=$((1 << 30)) ${ATTND_CMAKE_ARGS:-} >/dev/null
   ninja -C "$build" -j "$jobs" "${targets[@]}"
   built=$(date +%s)
   # Sanitized code runs several times slower: longer per-test timeouts, same parallelism.

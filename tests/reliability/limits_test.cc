@@ -7,6 +7,7 @@
 //   max_queued_calls         RESOURCE_EXHAUSTED "server busy: too many calls are waiting for a worker"
 //   max_queue_requests       RESOURCE_EXHAUSTED "server busy: ... batch queue (max_queue_requests"
 // (Device memory, --gpu_memory_bytes, is the engine's: its pool tests cover it on the GPU.)
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -60,6 +61,17 @@ class LimitsTest : public ::testing::Test {
   }
 
   absl::Status ForwardOnce(const v1::ForwardRequest& request) { return client_->Forward(request).status(); }
+
+  // Waits until `done()` holds: the queue under test is full. Waiting on the validation count alone
+  // would race: a validated call may not have reached the queue yet, and the probe call could take
+  // its place and then wait behind the closed backend.
+  static bool WaitUntil(const std::function<bool()>& done) {
+    for (int i = 0; i < 1000; ++i) {
+      if (done()) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
 
   std::shared_ptr<FakeBackendState> state_ = std::make_shared<FakeBackendState>();
   std::unique_ptr<AttentionServer> server_;
@@ -130,7 +142,7 @@ TEST_F(LimitsTest, CallsBeyondTheWorkerQueueAreRefusedAtOnce) {
   std::vector<absl::Status> statuses;
   auto held = StartCalls(3, &statuses);  // one computing, two queued
   ASSERT_TRUE(state_->WaitFor(&FakeBackendState::entered, 1, absl::Seconds(10)));
-  ASSERT_TRUE(state_->WaitFor(&FakeBackendState::checks, 3, absl::Seconds(10)));
+  ASSERT_TRUE(WaitUntil([this] { return absl::StrContains(server_->metrics().Render(), "\nattnd_queue_depth 2\n"); }));
   const absl::Status busy = ForwardOnce(DenseForwardRequest(RequestSpec{}));
   EXPECT_EQ(busy.code(), absl::StatusCode::kResourceExhausted) << busy;
   EXPECT_TRUE(absl::StrContains(busy.message(), "server busy")) << busy;
@@ -147,20 +159,17 @@ TEST_F(LimitsTest, CallsBeyondTheBatchQueueAreRefusedAtOnce) {
   batcher.max_batch_requests = 1;
   ServerOptions options;
   options.worker_threads = 8;
-  Start(options, std::make_unique<BatchingBackend>(std::make_unique<FakeBackend>(state_), batcher));
+  auto backend = std::make_unique<BatchingBackend>(std::make_unique<FakeBackend>(state_), batcher);
+  const BatchingBackend* batching = backend.get();
+  Start(options, std::move(backend));
   state_->Close();
   std::vector<absl::Status> statuses;
   auto computing = StartCalls(1, &statuses);
   ASSERT_TRUE(state_->WaitFor(&FakeBackendState::entered, 1, absl::Seconds(10)));
   std::vector<absl::Status> queued_status;
   auto queued = StartCalls(1, &queued_status);
-  ASSERT_TRUE(state_->WaitFor(&FakeBackendState::checks, 2, absl::Seconds(10)));
-  absl::Status busy;
-  for (int i = 0; i < 100; ++i) {  // the queued call may still be on its way into the batch queue
-    busy = ForwardOnce(DenseForwardRequest(RequestSpec{}));
-    if (busy.code() == absl::StatusCode::kResourceExhausted) break;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  ASSERT_TRUE(WaitUntil([batching] { return batching->Stats().queue_depth == 1; }));
+  const absl::Status busy = ForwardOnce(DenseForwardRequest(RequestSpec{}));
   EXPECT_EQ(busy.code(), absl::StatusCode::kResourceExhausted) << busy;
   EXPECT_TRUE(absl::StrContains(busy.message(), "max_queue_requests 1")) << busy;
   state_->Open();
