@@ -66,9 +66,9 @@ struct ClientOptions {
   // retry_initial_backoff to retry_max_backoff. Every retry stays within the call's deadline; the
   // last attempt's status is returned. A call the daemon has begun answering is never retried.
   bool retry_unavailable = true;
-  // Also retry CANCELLED when the daemon, not this client, cancelled the call: a draining daemon
-  // that stops its gRPC server cancels the calls that reached it in the last instant (measured: 7
-  // of 30 runs of tests/client/scale_out_test.cc lost one call that way). attnd's calls are pure
+  // Also retry CANCELLED when the daemon, not this client, cancelled the call: a server that stops
+  // its gRPC server with calls still arriving cancels them (attnd did until it learned to close its
+  // connections first, docs/RELIABILITY.md; other servers and proxies may still). attnd's calls are pure
   // functions of their request, so computing one again elsewhere is safe. A call this client
   // cancels (PendingCall::Cancel) or whose deadline passes is never retried.
   bool retry_cancelled_by_server = true;

@@ -97,8 +97,10 @@ class AttentionServer {
   // Every series the server records; other layers may add theirs (e.g. a backend's stages).
   metrics::MetricsRegistry& metrics() { return *registry_; }
 
-  // Stops accepting new calls; in-flight calls finish until `grace` passes, then are cancelled.
-  // Returns when every call has finished. Thread-safe; later calls wait for the first to finish.
+  // Stops accepting new calls (UNAVAILABLE, NOT_SERVING); in-flight calls finish until `grace`
+  // passes, then every connection is closed (a call still open ends UNAVAILABLE for its client,
+  // never CANCELLED; see CloseConnectionsAndStop). Returns when every call has finished.
+  // Thread-safe; later calls wait for the first to finish.
   void Shutdown(absl::Duration grace = absl::Seconds(30));
   // Blocks until Shutdown() has finished.
   void Wait();

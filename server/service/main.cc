@@ -9,7 +9,7 @@
 // Prints "attnd listening on HOST:PORT" on stderr once it serves (with --listen=...:0 the port is
 // the one the kernel picked, so scripts parse that line). Every other line on stderr is logfmt
 // (ts=... level=... msg=... key=value), see structured_log.h; docs/OPERATIONS.md lists the flags. SIGTERM or SIGINT: stop accepting calls,
-// let in-flight calls finish (up to --shutdown_grace, then they are cancelled), exit 0. A second
+// let in-flight calls finish (up to --shutdown_grace, then their connections are closed), exit 0. A second
 // signal (one second or more after the first) exits at once with status 1. SIGHUP reloads
 // --auth_tokens_file (a file that fails to load leaves the tokens in use unchanged).
 #include <pthread.h>
@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -78,6 +79,37 @@ namespace {
 
 using attnd::LogLevel;
 using attnd::LogLine;
+
+// From the first call on, a thread reloads `server`'s bearer tokens on every SIGHUP in `signals`;
+// a later call with another server (null: none, before it is destroyed) retargets it. The thread
+// and its mutex live as long as the process, so a late signal never touches a destroyed server.
+void ReloadTokensOnSighup(const sigset_t& signals, attnd::AttentionServer* server) {
+  static absl::Mutex* const mu = new absl::Mutex;
+  static attnd::AttentionServer* target ABSL_GUARDED_BY(mu) = nullptr;
+  static std::once_flag started;
+  {
+    absl::MutexLock lock(mu);
+    target = server;
+  }
+  std::call_once(started, [signals] {
+    std::thread([signals] {
+      for (;;) {
+        int sig = 0;
+        sigwait(&signals, &sig);
+        absl::MutexLock lock(mu);
+        if (target == nullptr) continue;
+        absl::StatusOr<int> tokens = target->ReloadAuthTokens();
+        if (tokens.ok()) {
+          LogLine(LogLevel::kInfo, "auth tokens reloaded").Kv("signal", "SIGHUP").Kv("tokens", *tokens);
+        } else {
+          LogLine(LogLevel::kWarning, "auth tokens not reloaded; the previous ones stay in use")
+              .Kv("signal", "SIGHUP")
+              .Kv("error", tokens.status().ToString());
+        }
+      }
+    }).detach();
+  });
+}
 
 }  // namespace
 
@@ -194,37 +226,10 @@ int main(int argc, char** argv) {
     }).detach();
     (*server)->Shutdown(grace);
   });
-  // SIGHUP: reload the bearer tokens. The thread lives as long as the process (its mutex is never
-  // destroyed); it stops touching the server once `reload_server` is cleared below.
-  static absl::Mutex* const reload_mu = new absl::Mutex;
-  static attnd::AttentionServer* reload_server = nullptr;
-  {
-    absl::MutexLock lock(reload_mu);
-    reload_server = server->get();
-  }
-  std::thread([reload_signals] {
-    for (;;) {
-      int sig = 0;
-      sigwait(&reload_signals, &sig);
-      absl::MutexLock lock(reload_mu);
-      if (reload_server == nullptr) return;
-      absl::StatusOr<int> tokens = reload_server->ReloadAuthTokens();
-      if (tokens.ok()) {
-        LogLine(LogLevel::kInfo, "auth tokens reloaded").Kv("signal", "SIGHUP").Kv("tokens", *tokens);
-      } else {
-        LogLine(LogLevel::kWarning, "auth tokens not reloaded; the previous ones stay in use")
-            .Kv("signal", "SIGHUP")
-            .Kv("error", tokens.status().ToString());
-      }
-    }
-  }).detach();
-
+  ReloadTokensOnSighup(reload_signals, server->get());
   (*server)->Wait();
   signal_thread.join();
-  {
-    absl::MutexLock lock(reload_mu);
-    reload_server = nullptr;
-  }
+  ReloadTokensOnSighup(reload_signals, nullptr);
   server->reset();
   LogLine(LogLevel::kInfo, "attnd: stopped");
   return 0;
