@@ -91,8 +91,14 @@ std::string SoakReport::Table() const {
   const int64_t peak = rss_samples.empty() ? -1 : *std::max_element(rss_samples.begin(), rss_samples.end());
   absl::StrAppendFormat(&t, "daemon rss idle before %.1f MiB, peak under load %.1f MiB, idle after %.1f MiB (limit +%.0f)\n",
                         MiB(rss_before), MiB(peak), MiB(rss_after), MiB(rss_growth_limit));
-  absl::StrAppendFormat(&t, "daemon heap in use idle before %.2f MiB, idle after %.2f MiB (limit +%.0f)\n",
-                        heap_before / (1 << 20), heap_after / (1 << 20), MiB(heap_growth_limit));
+  double heap_low = 0, heap_high = 0;
+  if (!heap_samples.empty()) {
+    heap_low = *std::min_element(heap_samples.begin(), heap_samples.end());
+    heap_high = *std::max_element(heap_samples.begin(), heap_samples.end());
+  }
+  absl::StrAppendFormat(&t, "daemon heap in use idle before %.2f MiB, under load %.2f..%.2f MiB, idle after %.2f MiB "
+                        "(limit +%.0f)\n", heap_before / (1 << 20), heap_low / (1 << 20), heap_high / (1 << 20),
+                        heap_after / (1 << 20), MiB(heap_growth_limit));
   for (const auto& [series, before] : series_before) {
     auto after = series_after.find(series);
     if (std::isnan(before)) {

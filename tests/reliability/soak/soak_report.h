@@ -29,6 +29,7 @@ struct SoakReport {
   double heap_before = -1, heap_after = -1;
   int64_t heap_growth_limit = 0;
   std::vector<int64_t> rss_samples;  // once a second during the soak
+  std::vector<double> heap_samples;  // same instants
   std::map<std::string, double> series_before, series_after;  // NaN: not exported
   std::vector<SigtermOutcome> sigterm;
 
