@@ -3,7 +3,8 @@
 # packages only. Idempotent: a machine that already has them spends a second here.
 # ATTND_DEPS=build (the container's build stage) installs what building needs and skips the tools
 # only the tests use (a real Prometheus for the metrics integration test, python3-yaml for the
-# manifest checks, PyTorch and matplotlib for the Python client's tests and plots); the default, all, installs both.
+# manifest checks, PyTorch and matplotlib for the Python client's tests and plots, openssl and
+# clang-14 for the reliability tests and fuzzers); the default, all, installs both.
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
@@ -11,9 +12,13 @@ packages=(
   libcpp-httplib-dev
   googletest libgtest-dev libgmock-dev
   python3 python3-grpcio python3-grpc-tools python3-protobuf python3-numpy
+  libssl-dev
 )
 if [[ ${ATTND_DEPS:-all} != build ]]; then
   packages+=(prometheus python3-yaml python3-torch python3-matplotlib)
+  # Reliability tests: openssl makes their TLS certificates; clang-14 with its runtimes builds the
+  # libFuzzer targets (scripts/fuzz.sh). gcc's ASan/UBSan/TSan runtimes come with build-essential.
+  packages+=(openssl clang-14 libclang-rt-14-dev)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -6,6 +6,7 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include "absl/strings/str_cat.h"
+#include "client/attnd/channel_credentials.h"
 #include "client/attnd/grpc_status.h"
 
 namespace attnd {
@@ -40,6 +41,7 @@ grpc::ChannelArguments ChannelArgumentsFor(const ClientOptions& options, const s
   // A channel with its own subchannel pool does not reuse another channel's connection.
   if (options.dedicated_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetUserAgentPrefix(kUserAgent);
+  if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   for (const auto& [key, value] : options.channel_args) {
     if (const int* i = std::get_if<int>(&value)) {
       args.SetInt(key, *i);
@@ -146,12 +148,12 @@ Client::~Client() = default;
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
-  std::shared_ptr<grpc::ChannelCredentials> credentials =
-      options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ChannelCredentialsFor(options);
+  if (!credentials.ok()) return credentials.status();
   absl::StatusOr<std::string> service_config = ServiceConfigJson(options);
   if (!service_config.ok()) return service_config.status();
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, credentials, ChannelArgumentsFor(options, *service_config));
+      grpc::CreateCustomChannel(options.target, *credentials, ChannelArgumentsFor(options, *service_config));
   if (channel == nullptr) return absl::InternalError(absl::StrCat("could not create a channel to ", options.target));
   std::unique_ptr<Client> client(new Client(options, std::move(channel)));
   if (options.connect_timeout > absl::ZeroDuration()) {

@@ -66,9 +66,9 @@ struct ClientOptions {
   // retry_initial_backoff to retry_max_backoff. Every retry stays within the call's deadline; the
   // last attempt's status is returned. A call the daemon has begun answering is never retried.
   bool retry_unavailable = true;
-  // Also retry CANCELLED when the daemon, not this client, cancelled the call: a draining daemon
-  // that stops its gRPC server cancels the calls that reached it in the last instant (measured: 7
-  // of 30 runs of tests/client/scale_out_test.cc lost one call that way). attnd's calls are pure
+  // Also retry CANCELLED when the daemon, not this client, cancelled the call: a server that stops
+  // its gRPC server with calls still arriving cancels them (attnd did until it learned to close its
+  // connections first, docs/RELIABILITY.md; other servers and proxies may still). attnd's calls are pure
   // functions of their request, so computing one again elsewhere is safe. A call this client
   // cancels (PendingCall::Cancel) or whose deadline passes is never retried.
   bool retry_cancelled_by_server = true;
@@ -79,8 +79,21 @@ struct ClientOptions {
   // a larger request is sent once and not retried (gRPC's default, 256 KiB, would exclude almost
   // every attention payload).
   int retry_buffer_bytes = 64 << 20;
-  // Null: plaintext (insecure) credentials.
+  // Null: plaintext (insecure) credentials, unless the TLS options below ask for TLS.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Transport security (with `credentials` null): TLS when use_tls is set or any tls_* file is
+  // named. tls_ca_file: PEM roots that signed the daemon's certificate (empty: the system's
+  // roots). tls_cert_file + tls_key_file: this client's certificate and key, for a daemon that
+  // requires mutual TLS (--tls_client_ca). tls_server_name: the name the daemon's certificate must
+  // carry, instead of the target's host.
+  bool use_tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_server_name;
+  // Sent as "authorization: Bearer <token>" with every call, for a daemon with --auth_tokens_file.
+  // Needs TLS: gRPC never sends such a token over a plaintext connection.
+  std::string bearer_token;
   // Further channel arguments ("grpc.*" keys), applied after the ones above.
   std::vector<std::pair<std::string, std::variant<int, std::string>>> channel_args;
 };
@@ -102,8 +115,9 @@ using ResponseCallback = std::function<void(absl::StatusOr<Response>)>;
 class Client {
  public:
   // Builds the channel and, when options.connect_timeout > 0, waits for it to be ready:
-  // UNAVAILABLE (naming the target) if the daemon cannot be reached in that time,
-  // INVALID_ARGUMENT if the target is empty or the load-balancing / retry options are invalid.
+  // UNAVAILABLE (naming the target) if the daemon cannot be reached in that time (a failed TLS
+  // handshake included), INVALID_ARGUMENT if the target is empty or the load-balancing, retry or
+  // TLS options are invalid, NOT_FOUND for a TLS file that cannot be read.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   Client(const Client&) = delete;

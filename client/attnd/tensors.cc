@@ -124,13 +124,20 @@ absl::StatusOr<v1::Tensor> MakeTensorFromBytes(DType dtype, std::vector<int64_t>
 absl::StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& tensor, absl::string_view what) {
   absl::StatusOr<DType> dtype = FromProtoDType(tensor.dtype());
   if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", dtype.status().message()));
+  // The shape comes from the peer: its product may overflow (found by tests/fuzz's
+  // tensor_decoding target), so it is multiplied with checks, in bytes.
+  int64_t n = 1;
+  int64_t bytes = static_cast<int64_t>(ElementSize(*dtype));
   for (int64_t d : tensor.shape()) {
     if (d < 0) return absl::InvalidArgumentError(absl::StrCat(what, ": negative dimension ", d));
+    if (__builtin_mul_overflow(n, d, &n) || __builtin_mul_overflow(bytes, d, &bytes)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": shape [", absl::StrJoin(tensor.shape(), ", "), "] overflows 64-bit sizes"));
+    }
   }
-  const int64_t n = NumElements(tensor.shape());
-  if (static_cast<int64_t>(tensor.data().size()) != n * static_cast<int64_t>(ElementSize(*dtype))) {
+  if (static_cast<int64_t>(tensor.data().size()) != bytes) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": shape [", absl::StrJoin(tensor.shape(), ", "), "] of ",
-                                                   Name(*dtype), " needs ", n * ElementSize(*dtype),
+                                                   Name(*dtype), " needs ", bytes,
                                                    " bytes, data has ", tensor.data().size()));
   }
   std::vector<float> values(n);

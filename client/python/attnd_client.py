@@ -30,7 +30,14 @@ Options mirror the C++ client's ClientOptions (client/attnd/client.h): target, d
 bytes (-1: unlimited), keepalive, wait_for_ready, and further grpc.* channel arguments; and for
 scale-out load_balancing ("round_robin" over every address of a multi-address or DNS target,
 "pick_first", or None for no service config) and retry (UNAVAILABLE retried up to
-retry_max_attempts; retry=False turns it off).
+retry_max_attempts; retry=False turns it off); and for a daemon with TLS or tokens (its --tls_cert,
+--tls_client_ca, --auth_tokens_file): use_tls, tls_ca_file (the CA that signed the daemon's
+certificate; None: the system's roots), tls_cert_file + tls_key_file (this client's, for mutual
+TLS), tls_server_name (the name to check the certificate for instead of the target's host) and
+bearer_token (sent as "authorization: Bearer ..."; TLS only).
+
+    client = attnd_client.AttndClient("attnd.example:7100", stubs_dir=..., tls_ca_file="ca.pem",
+                                      bearer_token=open("token").read().strip())
 """
 
 import importlib
@@ -124,6 +131,40 @@ def channel_options(max_send_message_bytes=-1, max_receive_message_bytes=-1, kee
     return options + list(extra)
 
 
+def channel_credentials(use_tls=False, tls_ca_file=None, tls_cert_file=None, tls_key_file=None,
+                        bearer_token=None):
+    """grpc.ChannelCredentials for these options (as the C++ client's ClientOptions), or None for
+    plaintext. TLS is on when use_tls is set or any tls_* file is named."""
+    tls = use_tls or any(f is not None for f in (tls_ca_file, tls_cert_file, tls_key_file))
+    if not tls:
+        if bearer_token:
+            raise ValueError("bearer_token needs TLS (use_tls or tls_ca_file): grpc sends no token over plaintext")
+        return None
+    if (tls_cert_file is None) != (tls_key_file is None):
+        raise ValueError("tls_cert_file and tls_key_file go together (mutual TLS)")
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(tls_ca_file) if tls_ca_file else None,
+        private_key=read(tls_key_file) if tls_key_file else None,
+        certificate_chain=read(tls_cert_file) if tls_cert_file else None)
+    if bearer_token:
+        credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(bearer_token))
+    return credentials
+
+
+def _security(credentials, use_tls, tls_ca_file, tls_cert_file, tls_key_file, tls_server_name, bearer_token):
+    """The credentials (None: plaintext) and extra channel options a client's TLS arguments ask for."""
+    own = channel_credentials(use_tls, tls_ca_file, tls_cert_file, tls_key_file, bearer_token)
+    if credentials is not None and own is not None:
+        raise ValueError("pass either credentials or the tls_*/bearer_token arguments, not both")
+    options = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+    return (credentials if credentials is not None else own), options
+
+
 class _Messages:
     """Builds request messages from arrays and reads response tensors; shared by both clients."""
 
@@ -196,15 +237,18 @@ class AttndClient(_Messages):
     def __init__(self, target, stubs_dir, proto_root=DEFAULT_PROTO_ROOT, timeout=60.0, connect_timeout=10.0,
                  max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
                  keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None,
-                 load_balancing="round_robin", retry=True, retry_max_attempts=4):
+                 load_balancing="round_robin", retry=True, retry_max_attempts=4, use_tls=False, tls_ca_file=None,
+                 tls_cert_file=None, tls_key_file=None, tls_server_name=None, bearer_token=None):
         pb2, pb2_grpc = load_stubs(stubs_dir, proto_root)
         self._init_messages(pb2)
         self.target = target
         self.default_timeout = timeout
         self.wait_for_ready = wait_for_ready
+        credentials, tls_options = _security(credentials, use_tls, tls_ca_file, tls_cert_file, tls_key_file,
+                                             tls_server_name, bearer_token)
         options = channel_options(max_send_message_bytes, max_receive_message_bytes, keepalive_time,
-                                  keepalive_timeout, channel_args, load_balancing=load_balancing, retry=retry,
-                                  retry_max_attempts=retry_max_attempts)
+                                  keepalive_timeout, list(channel_args) + tls_options, load_balancing=load_balancing,
+                                  retry=retry, retry_max_attempts=retry_max_attempts)
         self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials
                         else grpc.insecure_channel(target, options=options))
         if connect_timeout:
@@ -254,16 +298,19 @@ class AsyncAttndClient(_Messages):
     def __init__(self, target, stubs_dir, proto_root=DEFAULT_PROTO_ROOT, timeout=60.0, connect_timeout=10.0,
                  max_send_message_bytes=-1, max_receive_message_bytes=-1, keepalive_time=None,
                  keepalive_timeout=20.0, wait_for_ready=False, channel_args=(), credentials=None,
-                 load_balancing="round_robin", retry=True, retry_max_attempts=4):
+                 load_balancing="round_robin", retry=True, retry_max_attempts=4, use_tls=False, tls_ca_file=None,
+                 tls_cert_file=None, tls_key_file=None, tls_server_name=None, bearer_token=None):
         pb2, pb2_grpc = load_stubs(stubs_dir, proto_root)
         self._init_messages(pb2)
         self.target = target
         self.default_timeout = timeout
         self.connect_timeout = connect_timeout
         self.wait_for_ready = wait_for_ready
+        credentials, tls_options = _security(credentials, use_tls, tls_ca_file, tls_cert_file, tls_key_file,
+                                             tls_server_name, bearer_token)
         options = channel_options(max_send_message_bytes, max_receive_message_bytes, keepalive_time,
-                                  keepalive_timeout, channel_args, load_balancing=load_balancing, retry=retry,
-                                  retry_max_attempts=retry_max_attempts)
+                                  keepalive_timeout, list(channel_args) + tls_options, load_balancing=load_balancing,
+                                  retry=retry, retry_max_attempts=retry_max_attempts)
         self.channel = (grpc.aio.secure_channel(target, credentials, options=options) if credentials
                         else grpc.aio.insecure_channel(target, options=options))
         self.stub = pb2_grpc.AttentionStub(self.channel)

@@ -5,6 +5,10 @@
 // it accepts calls, NOT_SERVING once it drains) and server reflection (grpcurl, grpc_cli). It
 // records metrics (service_metrics.h) and, with options.metrics_listen, serves them to Prometheus;
 // the exporter keeps answering while the server drains and stops last.
+//
+// Security (options.security, server/security/): plaintext by default; TLS, mutual TLS and bearer
+// tokens when configured. grpc.health.v1 needs no token; options.health_listen adds a plaintext,
+// health-only listener for probes that cannot do TLS at all.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +21,7 @@
 #include "absl/time/time.h"
 #include "server/backend.h"
 #include "server/metrics/metrics_registry.h"
+#include "server/security/server_credentials.h"
 #include "server/service/request_validation.h"
 
 namespace grpc {
@@ -33,6 +38,11 @@ namespace metrics {
 class MetricsHttpServer;
 }
 
+// Calls validated and waiting for a worker, beyond which new calls are refused.
+inline constexpr size_t kMaxQueuedCalls = 4096;
+// Calls in flight on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+inline constexpr int kDefaultMaxConcurrentStreams = 256;
+
 struct ServerOptions {
   // host:port; port 0 picks a free port (see port()/address()). "unix:/path" listens on a Unix
   // domain socket.
@@ -44,18 +54,26 @@ struct ServerOptions {
   // Most tokens in q, and in k/v, of one request (total_q, total_k): 16 Mi (2^24). Never more than
   // INT32_MAX, the range of cu_seqlens.
   int64_t max_tokens_per_request = kDefaultMaxTokensPerRequest;
-  // Requests computed at once; <= 0: hardware threads. Up to kMaxQueuedCalls more wait in a queue,
-  // beyond which calls get RESOURCE_EXHAUSTED ("server busy").
+  // Requests computed at once; <= 0: hardware threads. Up to max_queued_calls more wait in a
+  // queue, beyond which calls get RESOURCE_EXHAUSTED ("server busy").
   int worker_threads = 0;
+  size_t max_queued_calls = kMaxQueuedCalls;
+  // Calls in flight on one connection. A client that starts more queues the rest on its side
+  // (HTTP/2 flow of streams, no error) until one finishes; they count against their deadlines.
+  // 0: gRPC's default (unlimited).
+  int max_concurrent_streams = kDefaultMaxConcurrentStreams;
+  // TLS, mutual TLS and bearer tokens for the listener (server/security/server_credentials.h).
+  ServerSecurityOptions security;
+  // host:port of a second listener, plaintext, serving only grpc.health.v1 with the same statuses
+  // as the main one: for probes that can present neither a client certificate nor a token
+  // (Kubernetes' native gRPC probes). Empty: none. Port 0 picks a free port (health_address()).
+  std::string health_listen;
   // host:port of the Prometheus exporter (GET /metrics over HTTP); empty: none. Port 0 picks a
   // free port (see metrics_address()). The metrics are recorded either way (metrics()).
   std::string metrics_listen;
   // One line per finished call: a file appended to, "-" for stderr, empty for none.
   std::string access_log;
 };
-
-// Calls validated and waiting for a worker, beyond which new calls are refused.
-inline constexpr size_t kMaxQueuedCalls = 4096;
 
 class AttentionServer {
  public:
@@ -69,11 +87,20 @@ class AttentionServer {
   std::string address() const { return address_; }
   // The exporter's dialable host:port, empty without options.metrics_listen.
   std::string metrics_address() const { return metrics_address_; }
+  // The health-only listener's dialable host:port, empty without options.health_listen.
+  std::string health_address() const { return health_address_; }
+
+  // Reads options.security.auth_tokens_file again (the daemon does on SIGHUP): the number of
+  // tokens accepted from now on. FAILED_PRECONDITION without token auth; on any error the tokens
+  // in use stay.
+  absl::StatusOr<int> ReloadAuthTokens();
   // Every series the server records; other layers may add theirs (e.g. a backend's stages).
   metrics::MetricsRegistry& metrics() { return *registry_; }
 
-  // Stops accepting new calls; in-flight calls finish until `grace` passes, then are cancelled.
-  // Returns when every call has finished. Thread-safe; later calls wait for the first to finish.
+  // Stops accepting new calls (UNAVAILABLE, NOT_SERVING); in-flight calls finish until `grace`
+  // passes, then every connection is closed (a call still open ends UNAVAILABLE for its client,
+  // never CANCELLED; see CloseConnectionsAndStop). Returns when every call has finished.
+  // Thread-safe; later calls wait for the first to finish.
   void Shutdown(absl::Duration grace = absl::Seconds(30));
   // Blocks until Shutdown() has finished.
   void Wait();
@@ -84,7 +111,11 @@ class AttentionServer {
 
  private:
   AttentionServer();
-  void RegisterGauges();  // the callback gauges that read the pool and the service
+  void RegisterGauges(size_t max_queued_calls);  // the callback gauges that read the pool and the service
+  // The last step of Shutdown(): every connection closed, then the gRPC server stopped.
+  void CloseConnectionsAndStop();
+  // grpc.health.v1 status of every service, on the main and the health-only listener.
+  void SetServing(bool serving);
 
   enum class State { kStarting, kRunning, kDraining, kStopped };
 
@@ -96,10 +127,14 @@ class AttentionServer {
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<AttentionService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // options.health_listen
+  std::shared_ptr<TokenAuthProcessor> tokens_;
   std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
   int port_ = 0;
+  std::string unix_path_;  // "unix:PATH" listeners
   std::string address_;
   std::string metrics_address_;
+  std::string health_address_;
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kStarting;

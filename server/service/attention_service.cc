@@ -53,6 +53,19 @@ class OutputBytes {
 
 std::vector<int64_t> ShapeOf(const v1::Tensor& t) { return {t.shape().begin(), t.shape().end()}; }
 
+// The caller's authenticated identity: the bearer token's name (server/security), or the names in
+// the client certificate under mutual TLS; empty on plaintext.
+std::string PeerIdentity(const grpc::CallbackServerContext& context) {
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return "";
+  std::string identity;
+  for (const grpc::string_ref& name : auth->GetPeerIdentity()) {
+    if (!identity.empty()) identity += ',';
+    identity.append(name.data(), name.size());
+  }
+  return identity;
+}
+
 const grpc::Status kShuttingDown(grpc::StatusCode::UNAVAILABLE, "attnd is shutting down; retry on another server");
 
 }  // namespace
@@ -66,12 +79,13 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   using Clock = std::chrono::steady_clock;
 
   CallReactor(AttentionService* service, RpcMethod method, int64_t request_bytes,
-              const google::protobuf::Message* response, std::string peer)
+              const google::protobuf::Message* response, std::string peer, std::string client)
       : service_(service),
         method_(method),
         request_bytes_(request_bytes),
         response_(response),
         peer_(std::move(peer)),
+        client_(std::move(client)),
         start_(Clock::now()) {}
 
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
@@ -108,6 +122,7 @@ class CallReactor final : public grpc::ServerUnaryReactor {
     r.method = RpcMethodName(method_);
     r.code = StatusCodeName(code_);
     r.peer = peer_;
+    r.client = client_;
     r.request_bytes = request_bytes_;
     r.response_bytes = response_bytes_;
     r.queue_wait_s = queue_wait_s_;
@@ -127,6 +142,7 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   const int64_t request_bytes_;
   const google::protobuf::Message* const response_;
   const std::string peer_;
+  const std::string client_;
   const Clock::time_point start_;
   std::atomic<bool> cancelled_{false};
   grpc::StatusCode code_ = grpc::StatusCode::UNKNOWN;
@@ -173,9 +189,11 @@ CallReactor* AttentionService::StartCall(RpcMethod method, grpc::CallbackServerC
     ++in_flight_;  // until the reactor is deleted
     *draining = draining_;
   }
-  // peer() allocates: only the access log wants it.
+  // peer() and the identity allocate: only the access log wants them.
+  const bool log = access_log_ != nullptr;
   return new CallReactor(this, method, static_cast<int64_t>(request.ByteSizeLong()), response,
-                         access_log_ != nullptr ? context->peer() : std::string());  // deletes itself in OnDone
+                         log ? context->peer() : std::string(),
+                         log ? PeerIdentity(*context) : std::string());  // deletes itself in OnDone
 }
 
 void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,

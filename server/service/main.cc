@@ -3,18 +3,22 @@
 //   attnd [--listen=127.0.0.1:50051] [--backend=auto|cpu|cuda] [--threads=N] [--workers=N]
 //         [--max_request_bytes=N] [--max_tokens=N] [--deterministic] [--shutdown_grace=30s]
 //         [--metrics_listen=HOST:PORT] [--access_log=PATH|-] [--log_level=info]
+//         [--tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]] [--auth_tokens_file=PATH]
+//         [--health_listen=HOST:PORT] [--max_concurrent_streams=N] [--max_queued_calls=N]
 //
 // Prints "attnd listening on HOST:PORT" on stderr once it serves (with --listen=...:0 the port is
 // the one the kernel picked, so scripts parse that line). Every other line on stderr is logfmt
 // (ts=... level=... msg=... key=value), see structured_log.h; docs/OPERATIONS.md lists the flags. SIGTERM or SIGINT: stop accepting calls,
-// let in-flight calls finish (up to --shutdown_grace, then they are cancelled), exit 0. A second
-// signal (one second or more after the first) exits at once with status 1.
+// let in-flight calls finish (up to --shutdown_grace, then their connections are closed), exit 0. A second
+// signal (one second or more after the first) exits at once with status 1. SIGHUP reloads
+// --auth_tokens_file (a file that fails to load leaves the tokens in use unchanged).
 #include <pthread.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -24,6 +28,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/backends/backend_factory.h"
@@ -31,10 +36,11 @@
 #include "server/engine/engine_metrics.h"
 #include "server/service/attention_server.h"
 #include "server/service/attention_service.h"
+#include "server/service/grpc_log.h"
 #include "server/service/structured_log.h"
 
-// Loopback by default: attnd has no authentication, so serving other hosts is an explicit choice
-// (--listen=0.0.0.0:50051, as the container does).
+// Loopback by default: without --tls_cert and --auth_tokens_file attnd authenticates no one, so
+// serving other hosts is an explicit choice (--listen=0.0.0.0:50051, as the container does).
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "host:port to serve on (port 0 picks a free port; the chosen address is logged), or unix:/path");
 ABSL_FLAG(std::string, backend, "auto", "auto (cuda when a GPU is visible, else cpu), cpu or cuda");
@@ -55,11 +61,56 @@ ABSL_FLAG(std::string, access_log, "",
           "one logfmt line per finished call (method, code, bytes, latencies): a file to append to, - for "
           "stderr, empty for none");
 ABSL_FLAG(std::string, log_level, "info", "least severe log level written: debug, info, warning or error");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of this server: serve TLS (needs --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert (unencrypted)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates: mutual TLS, a client must present a certificate they signed or its handshake fails");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens, one '<name> <token>' per line (needs TLS): a call without a token gets UNAUTHENTICATED, "
+          "with an unknown one PERMISSION_DENIED; grpc.health.v1 needs none. SIGHUP reloads the file");
+ABSL_FLAG(std::string, health_listen, "",
+          "host:port of a second, plaintext listener serving only grpc.health.v1 (for probes that can do neither TLS "
+          "nor tokens, e.g. Kubernetes' gRPC probes); empty: none");
+ABSL_FLAG(int, max_concurrent_streams, attnd::kDefaultMaxConcurrentStreams,
+          "calls in flight per client connection; a client queues more on its side until one finishes. 0: no limit");
+ABSL_FLAG(int64_t, max_queued_calls, static_cast<int64_t>(attnd::kMaxQueuedCalls),
+          "validated calls waiting for a worker; one more gets RESOURCE_EXHAUSTED (\"server busy\")");
 
 namespace {
 
 using attnd::LogLevel;
 using attnd::LogLine;
+
+// From the first call on, a thread reloads `server`'s bearer tokens on every SIGHUP in `signals`;
+// a later call with another server (null: none, before it is destroyed) retargets it. The thread
+// and its mutex live as long as the process, so a late signal never touches a destroyed server.
+void ReloadTokensOnSighup(const sigset_t& signals, attnd::AttentionServer* server) {
+  static absl::Mutex* const mu = new absl::Mutex;
+  static attnd::AttentionServer* target ABSL_GUARDED_BY(mu) = nullptr;
+  static std::once_flag started;
+  {
+    absl::MutexLock lock(mu);
+    target = server;
+  }
+  std::call_once(started, [signals] {
+    std::thread([signals] {
+      for (;;) {
+        int sig = 0;
+        sigwait(&signals, &sig);
+        absl::MutexLock lock(mu);
+        if (target == nullptr) continue;
+        absl::StatusOr<int> tokens = target->ReloadAuthTokens();
+        if (tokens.ok()) {
+          LogLine(LogLevel::kInfo, "auth tokens reloaded").Kv("signal", "SIGHUP").Kv("tokens", *tokens);
+        } else {
+          LogLine(LogLevel::kWarning, "auth tokens not reloaded; the previous ones stay in use")
+              .Kv("signal", "SIGHUP")
+              .Kv("error", tokens.status().ToString());
+        }
+      }
+    }).detach();
+  });
+}
 
 }  // namespace
 
@@ -84,6 +135,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   attnd::SetLogLevel(*level);
+  attnd::RouteGrpcLogsToLogfmt();
 
   // Signals are taken by a dedicated sigwait thread, never in a handler. Block them before any
   // other thread exists (backend pools, gRPC) so that every thread inherits the mask.
@@ -91,7 +143,12 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t reload_signals;
+  sigemptyset(&reload_signals);
+  sigaddset(&reload_signals, SIGHUP);
+  sigset_t blocked = signals;
+  sigaddset(&blocked, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
 
   attnd::BackendOptions backend_options;
   backend_options.cpu_threads = absl::GetFlag(FLAGS_threads);
@@ -117,6 +174,17 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_workers);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.access_log = absl::GetFlag(FLAGS_access_log);
+  options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.security.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  if (absl::GetFlag(FLAGS_max_queued_calls) < 0) {
+    LogLine(LogLevel::kError, "bad flag").Kv("error", "--max_queued_calls must be >= 0");
+    return 2;
+  }
+  options.max_queued_calls = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_calls));
   absl::StatusOr<std::unique_ptr<attnd::AttentionServer>> server =
       attnd::AttentionServer::Start(options, *std::move(backend));
   if (!server.ok()) {
@@ -133,6 +201,8 @@ int main(int argc, char** argv) {
                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
       .Kv("max_request_bytes", options.max_request_bytes)
       .Kv("max_tokens", options.max_tokens_per_request)
+      .Kv("max_concurrent_streams", options.max_concurrent_streams)
+      .Kv("max_queued_calls", static_cast<int64_t>(options.max_queued_calls))
       .Kv("shutdown_grace", absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)))
       .Kv("access_log", options.access_log.empty() ? "off" : options.access_log);
 
@@ -157,8 +227,10 @@ int main(int argc, char** argv) {
     }).detach();
     (*server)->Shutdown(grace);
   });
+  ReloadTokensOnSighup(reload_signals, server->get());
   (*server)->Wait();
   signal_thread.join();
+  ReloadTokensOnSighup(reload_signals, nullptr);
   server->reset();
   LogLine(LogLevel::kInfo, "attnd: stopped");
   return 0;

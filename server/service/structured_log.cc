@@ -122,6 +122,7 @@ void AccessLog::Write(const AccessRecord& r) {
   AppendLogField(&line, "method", r.method);
   AppendLogField(&line, "code", r.code);
   AppendLogField(&line, "peer", r.peer);
+  if (!r.client.empty()) AppendLogField(&line, "client", r.client);
   AppendLogField(&line, "request_bytes", absl::StrCat(r.request_bytes));
   AppendLogField(&line, "response_bytes", absl::StrCat(r.response_bytes));
   AppendLogField(&line, "queue_ms", Millis(r.queue_wait_s));

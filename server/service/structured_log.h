@@ -56,6 +56,9 @@ struct AccessRecord {
   absl::string_view method;
   absl::string_view code;  // gRPC status code name, e.g. "OK", "INVALID_ARGUMENT"
   absl::string_view peer;
+  // Who called, when the connection says: the bearer token's name, or the client certificate's
+  // identity under mutual TLS. Empty on plaintext.
+  absl::string_view client;
   int64_t request_bytes = 0;
   int64_t response_bytes = 0;
   double queue_wait_s = -1;

@@ -64,6 +64,18 @@ TEST(Tensors, SizeMismatchesAreRefused) {
   EXPECT_EQ(TensorToFloats(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Found by tests/fuzz (tensor_decoding): a peer's shape whose product overflows 64 bits used to
+// wrap, here to 0 elements that "matched" empty data.
+TEST(Tensors, ShapesWhoseSizeOverflowsAreRefused) {
+  v1::Tensor huge;
+  huge.set_dtype(v1::DTYPE_FP32);
+  huge.add_shape(int64_t{1} << 62);
+  huge.add_shape(4);
+  absl::Status s = TensorToFloats(huge, "lse").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("overflows"), absl::string_view::npos) << s;
+}
+
 TEST(Tensors, ParseDType) {
   EXPECT_EQ(*ParseDType("bf16"), DType::kBF16);
   EXPECT_EQ(*ParseDType("fp16"), DType::kFP16);
