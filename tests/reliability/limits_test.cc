@@ -139,16 +139,21 @@ TEST_F(LimitsTest, CallsBeyondTheWorkerQueueAreRefusedAtOnce) {
   options.max_queued_calls = 2;
   Start(options);
   state_->Close();
-  std::vector<absl::Status> statuses;
-  auto held = StartCalls(3, &statuses);  // one computing, two queued
+  // One call first, until the worker holds it: sent together, all three could reach the queue before
+  // the worker takes one, and the third would be refused instead of the probe below.
+  std::vector<absl::Status> statuses, queued_statuses;
+  auto held = StartCalls(1, &statuses);
   ASSERT_TRUE(state_->WaitFor(&FakeBackendState::entered, 1, absl::Seconds(10)));
+  auto queued = StartCalls(2, &queued_statuses);
   ASSERT_TRUE(WaitUntil([this] { return absl::StrContains(server_->metrics().Render(), "\nattnd_queue_depth 2\n"); }));
   const absl::Status busy = ForwardOnce(DenseForwardRequest(RequestSpec{}));
   EXPECT_EQ(busy.code(), absl::StatusCode::kResourceExhausted) << busy;
   EXPECT_TRUE(absl::StrContains(busy.message(), "server busy")) << busy;
   state_->Open();
   for (auto& call : held) ASSERT_TRUE(call->WaitFor(absl::Seconds(20)));
+  for (auto& call : queued) ASSERT_TRUE(call->WaitFor(absl::Seconds(20)));
   for (const absl::Status& s : statuses) EXPECT_TRUE(s.ok()) << s;
+  for (const absl::Status& s : queued_statuses) EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(state_->Entered(), 3);
 }
 
