@@ -21,6 +21,12 @@
 #include "server/service/service_metrics.h"
 #include "server/service/structured_log.h"
 #include "server/service/worker_pool.h"
+#include "server/transport/cuda_region_hooks.h"
+#include "server/transport/host_tensor_allocator.h"
+#include "server/transport/http2_tuning.h"
+#include "server/transport/region_registry.h"
+#include "server/transport/region_socket.h"
+#include "server/transport/resident_store.h"
 
 namespace attnd {
 namespace {
@@ -95,10 +101,20 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
     server->access_log_ = *std::move(log);
   }
   server->backend_ = std::move(backend);
+  if (absl::Status s = server->StartTransports(options); !s.ok()) return s;
+  TransportContext transport;
+  transport.allocator = server->allocator_.get();
+  transport.regions = server->regions_.get();
+  transport.resident = server->resident_.get();
+  transport.backend_takes_device_memory = options.cuda_ipc;
+  TransportSettings settings;
+  settings.region_socket = options.region_socket;
+  settings.max_stream_request_bytes = options.max_stream_request_bytes;
+  settings.stream_chunk_bytes = options.stream_chunk_bytes;
   server->pool_ = std::make_unique<WorkerPool>(options.worker_threads, kMaxQueuedCalls);
   server->service_ = std::make_unique<AttentionService>(server->backend_.get(), server->pool_.get(), limits,
-                                                        AvailableBackends(), server->service_metrics_.get(),
-                                                        server->access_log_.get());
+                                                        AvailableBackends(), transport, settings,
+                                                        server->service_metrics_.get(), server->access_log_.get());
   server->RegisterGauges();
   if (!options.metrics_listen.empty()) {
     // Before the gRPC port: a bad or busy metrics address fails the start before any call is taken.
@@ -119,6 +135,8 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   // gRPC sets SO_REUSEPORT by default, which would let a second daemon bind the same port and
   // silently split the traffic; a port in use must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // HTTP/2 windows, frames and read sizes for tensors of many MiB (http2_tuning.h).
+  for (const auto& [key, value] : Http2TuningArgs()) builder.AddChannelArgument(key, value);
   server->server_ = builder.BuildAndStart();
   const bool unix_socket = absl::StartsWith(options.listen, "unix:");
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {
@@ -145,6 +163,34 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   return server;
 }
 
+absl::Status AttentionServer::StartTransports(const ServerOptions& options) {
+  if (options.max_stream_request_bytes <= 0 || options.stream_chunk_bytes <= 0 || options.resident_bytes < 0) {
+    return absl::InvalidArgumentError("max_stream_request_bytes and stream_chunk_bytes must be positive, "
+                                      "resident_bytes >= 0");
+  }
+  allocator_ = std::make_unique<HostTensorAllocator>(options.tensor_cache_bytes);
+  cuda_hooks_ = std::make_unique<CudaRegionHooks>(MakeCudaRegionHooks());
+  if (options.resident_bytes > 0) {
+    ResidentStore::Options r;
+    r.capacity_bytes = options.resident_bytes;
+    r.default_ttl = options.resident_ttl;
+    r.max_ttl = std::max(options.resident_max_ttl, options.resident_ttl);
+    resident_ = std::make_unique<ResidentStore>(r);
+  }
+  if (!options.region_socket.empty()) {
+    regions_ = std::make_unique<RegionRegistry>(RegionRegistry::Limits{},
+                                                options.pin_shared_memory ? cuda_hooks_->pinner.get() : nullptr,
+                                                options.cuda_ipc ? cuda_hooks_->importer.get() : nullptr);
+    absl::StatusOr<std::unique_ptr<RegionSocket>> socket =
+        RegionSocket::Start(options.region_socket, options.region_socket_mode, regions_.get());
+    if (!socket.ok()) return socket.status();
+    region_socket_ = *std::move(socket);
+  }
+  return absl::OkStatus();
+}
+
+std::string AttentionServer::region_socket() const { return region_socket_ ? region_socket_->path() : ""; }
+
 void AttentionServer::RegisterGauges() {
   WorkerPool* pool = pool_.get();
   AttentionService* service = service_.get();
@@ -158,6 +204,25 @@ void AttentionServer::RegisterGauges() {
       .Set(static_cast<double>(kMaxQueuedCalls));
   registry_->AddCallbackGauge("attnd_calls_in_flight", "Calls received and not yet done (queued, computing, sending).",
                               {}, [service] { return static_cast<double>(service->calls_in_flight()); });
+  HostTensorAllocator* allocator = allocator_.get();
+  registry_->AddCallbackGauge("attnd_tensor_buffer_bytes", "Host tensor buffers handed out (decoded requests, outputs, "
+                              "resident tensors).", {}, [allocator] { return static_cast<double>(allocator->bytes_in_use()); });
+  registry_->AddCallbackGauge("attnd_tensor_buffer_cached_bytes", "Host tensor buffers kept for reuse.", {},
+                              [allocator] { return static_cast<double>(allocator->bytes_cached()); });
+  if (RegionRegistry* regions = regions_.get()) {
+    registry_->AddCallbackGauge("attnd_region_sessions", "Open sessions on the region socket.", {},
+                                [regions] { return static_cast<double>(regions->sessions()); });
+    registry_->AddCallbackGauge("attnd_regions", "Shared-memory / CUDA IPC regions mapped.", {},
+                                [regions] { return static_cast<double>(regions->regions()); });
+    registry_->AddCallbackGauge("attnd_region_bytes", "Bytes of the regions mapped.", {},
+                                [regions] { return static_cast<double>(regions->mapped_bytes()); });
+  }
+  if (ResidentStore* resident = resident_.get()) {
+    registry_->AddCallbackGauge("attnd_resident_handles", "Resident handles held.", {},
+                                [resident] { return static_cast<double>(resident->handles()); });
+    registry_->AddCallbackGauge("attnd_resident_bytes", "Bytes of resident tensors held.", {},
+                                [resident] { return static_cast<double>(resident->bytes()); });
+  }
   registry_->GetGauge("attnd_build_info", "Always 1; the labels tell the version and the backend.",
                       {{"backend", std::string(backend_->name())}, {"version", AttndVersion()}})
       .Set(1);

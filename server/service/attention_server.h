@@ -26,6 +26,11 @@ class Server;
 namespace attnd {
 
 class AccessLog;
+class HostTensorAllocator;
+class RegionRegistry;
+class RegionSocket;
+class ResidentStore;
+struct CudaRegionHooks;
 class AttentionService;
 class ServiceMetrics;
 class WorkerPool;
@@ -52,6 +57,24 @@ struct ServerOptions {
   std::string metrics_listen;
   // One line per finished call: a file appended to, "-" for stderr, empty for none.
   std::string access_log;
+
+  // Transports (server/transport; docs/ARCHITECTURE.md "Transports").
+  // Unix socket for co-located clients' shared-memory / CUDA IPC sessions; empty: off.
+  std::string region_socket;
+  int region_socket_mode = 0660;  // who may connect (the socket file's permissions)
+  // Register shared-memory regions with the GPU driver for DMA (a CUDA backend), and accept CUDA
+  // IPC regions (a backend that takes device buffers). Ignored where attnd has no CUDA.
+  bool pin_shared_memory = false;
+  bool cuda_ipc = false;
+  // Resident tensors (ForwardRequest.keep_resident): bytes held at most; 0 turns them off.
+  int64_t resident_bytes = int64_t{4} << 30;
+  absl::Duration resident_ttl = absl::Seconds(60);
+  absl::Duration resident_max_ttl = absl::Minutes(10);
+  // Largest request of ForwardStream / BackwardStream (their tensors are not held to 2 GiB).
+  int64_t max_stream_request_bytes = int64_t{16} << 30;
+  int64_t stream_chunk_bytes = int64_t{4} << 20;
+  // Host tensor buffers kept for reuse (HostTensorAllocator's cache).
+  int64_t tensor_cache_bytes = int64_t{2} << 30;
 };
 
 // Calls validated and waiting for a worker, beyond which new calls are refused.
@@ -71,6 +94,12 @@ class AttentionServer {
   std::string metrics_address() const { return metrics_address_; }
   // Every series the server records; other layers may add theirs (e.g. a backend's stages).
   metrics::MetricsRegistry& metrics() { return *registry_; }
+  // The transport state (tests watch it return to zero). regions()/resident() are null when off.
+  const HostTensorAllocator& tensor_allocator() const { return *allocator_; }
+  RegionRegistry* regions() const { return regions_.get(); }
+  ResidentStore* resident() const { return resident_.get(); }
+  // The region socket's path, empty when off.
+  std::string region_socket() const;
 
   // Stops accepting new calls; in-flight calls finish until `grace` passes, then are cancelled.
   // Returns when every call has finished. Thread-safe; later calls wait for the first to finish.
@@ -85,6 +114,7 @@ class AttentionServer {
  private:
   AttentionServer();
   void RegisterGauges();  // the callback gauges that read the pool and the service
+  absl::Status StartTransports(const ServerOptions& options);  // allocator, regions, resident store
 
   enum class State { kStarting, kRunning, kDraining, kStopped };
 
@@ -93,6 +123,12 @@ class AttentionServer {
   std::unique_ptr<ServiceMetrics> service_metrics_;
   std::unique_ptr<AccessLog> access_log_;
   std::unique_ptr<Backend> backend_;
+  // Transport state: used by calls, so it goes after the gRPC server (declared before it).
+  std::unique_ptr<HostTensorAllocator> allocator_;
+  std::unique_ptr<CudaRegionHooks> cuda_hooks_;
+  std::unique_ptr<RegionRegistry> regions_;
+  std::unique_ptr<ResidentStore> resident_;
+  std::unique_ptr<RegionSocket> region_socket_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<AttentionService> service_;
   std::unique_ptr<grpc::Server> server_;

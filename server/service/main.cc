@@ -54,11 +54,29 @@ ABSL_FLAG(std::string, access_log, "",
           "one logfmt line per finished call (method, code, bytes, latencies): a file to append to, - for "
           "stderr, empty for none");
 ABSL_FLAG(std::string, log_level, "info", "least severe log level written: debug, info, warning or error");
+// Transports (docs/ARCHITECTURE.md "Transports").
+ABSL_FLAG(std::string, region_socket, "",
+          "Unix socket path for co-located clients' shared-memory (and CUDA IPC) sessions; empty: off");
+ABSL_FLAG(std::string, region_socket_mode, "0660", "permissions of the region socket file (octal): who may connect");
+ABSL_FLAG(int64_t, resident_bytes, int64_t{4} << 30,
+          "most bytes of resident tensors (ForwardRequest.keep_resident) held at once; 0: resident tensors off");
+ABSL_FLAG(absl::Duration, resident_ttl, absl::Seconds(60), "default lifetime of a resident handle");
+ABSL_FLAG(absl::Duration, resident_max_ttl, absl::Minutes(10), "longest lifetime a client may ask for");
+ABSL_FLAG(int64_t, max_stream_request_bytes, int64_t{16} << 30,
+          "largest request of ForwardStream / BackwardStream (tensors beyond the unary 2 GiB limit)");
+ABSL_FLAG(int64_t, tensor_cache_bytes, int64_t{2} << 30, "host tensor buffers kept for reuse between calls");
 
 namespace {
 
 using attnd::LogLevel;
 using attnd::LogLine;
+
+// "0660" -> 0660. False for anything that is not 1 to 4 octal digits.
+bool ParseOctal(const std::string& text, int* mode) {
+  if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != std::string::npos) return false;
+  *mode = std::stoi(text, nullptr, 8);
+  return true;
+}
 
 }  // namespace
 
@@ -117,6 +135,17 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_workers);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.access_log = absl::GetFlag(FLAGS_access_log);
+  options.region_socket = absl::GetFlag(FLAGS_region_socket);
+  if (!ParseOctal(absl::GetFlag(FLAGS_region_socket_mode), &options.region_socket_mode)) {
+    LogLine(LogLevel::kError, "bad flag").Kv("flag", "--region_socket_mode").Kv("error", "not an octal mode like 0660");
+    return 2;
+  }
+  options.pin_shared_memory = backend_name == "cuda";
+  options.resident_bytes = absl::GetFlag(FLAGS_resident_bytes);
+  options.resident_ttl = absl::GetFlag(FLAGS_resident_ttl);
+  options.resident_max_ttl = absl::GetFlag(FLAGS_resident_max_ttl);
+  options.max_stream_request_bytes = absl::GetFlag(FLAGS_max_stream_request_bytes);
+  options.tensor_cache_bytes = absl::GetFlag(FLAGS_tensor_cache_bytes);
   absl::StatusOr<std::unique_ptr<attnd::AttentionServer>> server =
       attnd::AttentionServer::Start(options, *std::move(backend));
   if (!server.ok()) {
@@ -133,7 +162,9 @@ int main(int argc, char** argv) {
       .Kv("max_request_bytes", options.max_request_bytes)
       .Kv("max_tokens", options.max_tokens_per_request)
       .Kv("shutdown_grace", absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)))
-      .Kv("access_log", options.access_log.empty() ? "off" : options.access_log);
+      .Kv("access_log", options.access_log.empty() ? "off" : options.access_log)
+      .Kv("region_socket", options.region_socket.empty() ? "off" : options.region_socket)
+      .Kv("resident_bytes", options.resident_bytes);
 
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   std::thread signal_thread([&] {

@@ -8,7 +8,7 @@
 //   attnd_queue_depth, attnd_workers_busy, attnd_workers, attnd_calls_in_flight   gauges
 //   attnd_build_info{version,backend}              gauge, always 1
 //
-// Methods are the three of attnd.v1.Attention; their series (with code="OK") exist from the start,
+// Methods are those of attnd.v1.Attention; their series (with code="OK") exist from the start,
 // at 0, so a dashboard's rate() works before the first call.
 #pragma once
 
@@ -23,8 +23,19 @@
 
 namespace attnd {
 
-enum class RpcMethod { kForward = 0, kBackward = 1, kGetServerInfo = 2 };
-inline constexpr int kRpcMethods = 3;
+enum class RpcMethod {
+  kForward = 0,
+  kBackward = 1,
+  kGetServerInfo = 2,
+  // Transports (server/transport).
+  kRegisterSharedMemory = 3,
+  kRegisterCudaMemory = 4,
+  kUnregisterRegion = 5,
+  kReleaseResident = 6,
+  kForwardStream = 7,
+  kBackwardStream = 8,
+};
+inline constexpr int kRpcMethods = 9;
 absl::string_view RpcMethodName(RpcMethod method);
 // "OK", "INVALID_ARGUMENT", ...: gRPC's canonical names.
 absl::string_view StatusCodeName(grpc::StatusCode code);
