@@ -34,6 +34,7 @@
 #include "client/loadgen/payloads.h"
 #include "client/loadgen/report.h"
 #include "server/backend.h"
+#include "server/transport/malloc_tuning.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:7100", "attnd address (host:port or any gRPC target)");
 ABSL_FLAG(std::string, concurrency, "1", "closed-loop clients, each keeping one call in flight; a list "
@@ -287,4 +288,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace attnd::loadgen
 
-int main(int argc, char** argv) { return attnd::loadgen::Main(argc, argv); }
+int main(int argc, char** argv) {
+  attnd::TuneMallocForLargeMessages();  // as the daemon does: large messages reuse warm heap pages
+  return attnd::loadgen::Main(argc, argv);
+}

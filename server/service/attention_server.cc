@@ -137,6 +137,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // HTTP/2 windows, frames and read sizes for tensors of many MiB (http2_tuning.h).
   for (const auto& [key, value] : Http2TuningArgs()) builder.AddChannelArgument(key, value);
+  for (const auto& [key, value] : options.channel_args) builder.AddChannelArgument(key, value);
   server->server_ = builder.BuildAndStart();
   const bool unix_socket = absl::StartsWith(options.listen, "unix:");
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {

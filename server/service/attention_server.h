@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -75,6 +77,8 @@ struct ServerOptions {
   int64_t stream_chunk_bytes = int64_t{4} << 20;
   // Host tensor buffers kept for reuse (HostTensorAllocator's cache).
   int64_t tensor_cache_bytes = int64_t{2} << 30;
+  // Further gRPC channel arguments ("grpc.*" keys), applied after attnd's own (http2_tuning.h).
+  std::vector<std::pair<std::string, int>> channel_args;
 };
 
 // Calls validated and waiting for a worker, beyond which new calls are refused.

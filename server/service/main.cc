@@ -31,6 +31,7 @@
 #include "server/service/attention_server.h"
 #include "server/service/attention_service.h"
 #include "server/service/structured_log.h"
+#include "server/transport/malloc_tuning.h"
 
 // Loopback by default: attnd has no authentication, so serving other hosts is an explicit choice
 // (--listen=0.0.0.0:50051, as the container does).
@@ -81,6 +82,7 @@ bool ParseOctal(const std::string& text, int* mode) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  attnd::TuneMallocForLargeMessages();
   absl::FlagsUsageConfig usage;
   // --help lists this file's flags (absl's default looks for a file named after the program).
   usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/service/main.cc"); };
