@@ -74,16 +74,16 @@ absl::StatusOr<ResidentHandleInfo> ResidentStore::Put(ResidentTensors tensors, a
                                                      "capacity of ", options_.capacity_bytes,
                                                      " bytes (--resident_bytes)"));
   }
-  // Evict least recently used entries that no call holds until the new one fits.
-  for (auto name = lru_.begin(); held_bytes_ + bytes > options_.capacity_bytes && name != lru_.end();) {
+  // Evict least recently used entries that no call holds until the new one fits. Evicted entries
+  // are freed when `dropped` goes, after the lock: count them as gone already.
+  int64_t evicted = 0;
+  for (auto name = lru_.begin(); held_bytes_ - evicted + bytes > options_.capacity_bytes && name != lru_.end();) {
     auto it = entries_.find(*name++);
     if (it->second.use_count() > 1) continue;  // a backward is using it
+    evicted += it->second->bytes;
     EndLocked(it, absl::StrCat("evicted under memory pressure (--resident_bytes = ", options_.capacity_bytes,
                                " bytes)"), &dropped);
   }
-  // Evicted entries are freed when `dropped` goes, after this check: count them as gone.
-  int64_t evicted = 0;
-  for (const auto& e : dropped) evicted += e->bytes;
   if (held_bytes_ - evicted + bytes > options_.capacity_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "keep_resident: ", bytes, " bytes do not fit: ", held_bytes_ - evicted, " of ", options_.capacity_bytes,
