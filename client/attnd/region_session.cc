@@ -101,15 +101,16 @@ absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> SharedMemoryRegion::Create(C
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (data == MAP_FAILED) return Errno("mmap");
   absl::StatusOr<std::string> fd_token = session.PassFd(fd);
+  if (!fd_token.ok()) {
+    munmap(data, size);
+    return fd_token.status();
+  }
   v1::RegisterSharedMemoryRequest request;
   request.set_session(session.token());
+  request.set_fd_token(*fd_token);
   request.set_size(size);
   request.set_label(label);
-  absl::StatusOr<v1::RegionInfo> info = fd_token.status();
-  if (fd_token.ok()) {
-    request.set_fd_token(*fd_token);
-    info = client.RegisterSharedMemory(request);
-  }
+  absl::StatusOr<v1::RegionInfo> info = client.RegisterSharedMemory(request);
   if (!info.ok()) {
     munmap(data, size);
     return info.status();

@@ -48,7 +48,7 @@ absl::StatusOr<std::unique_ptr<ForwardCall>> ForwardCall::Create(v1::ForwardRequ
       return absl::FailedPreconditionError("keep_resident: resident tensors are off on this daemon "
                                            "(--resident_bytes=0)");
     }
-    const int64_t bytes = 3 * Bytes(validated->shape.q_elements(), validated->dtype) +
+    const int64_t bytes = 2 * Bytes(validated->shape.q_elements(), validated->dtype) +  // q, out
                           2 * Bytes(validated->shape.kv_elements(), validated->dtype) +
                           validated->shape.lse_elements() * 4;
     const int64_t capacity = env.transport.resident->options().capacity_bytes;

@@ -79,7 +79,7 @@ struct RegionRegistry::Region {
   const std::string id, key, session, label;
   const RegionKind kind;
   std::unique_ptr<RegionMemory> memory;
-  std::atomic<int> calls{0};  // leases held now
+  std::atomic<int> calls{0};  // leases held now (one per tensor span of a running call)
 };
 
 RegionRegistry::RegionRegistry(Limits limits, HostMemoryPinner* pinner, DeviceMemoryImporter* importer)
@@ -255,9 +255,9 @@ absl::Status RegionRegistry::Unregister(const std::string& region_id, const std:
   }
   Region& region = *it->second;
   if (key != region.key) return absl::PermissionDeniedError(absl::StrCat("key: wrong key for region ", region_id));
-  if (const int calls = region.calls.load(); calls > 0) {
-    return absl::FailedPreconditionError(absl::StrCat("region_id: region ", region_id, " is in use by ", calls,
-                                                      " call(s); unregister it once they finish"));
+  if (const int leases = region.calls.load(); leases > 0) {
+    return absl::FailedPreconditionError(absl::StrCat("region_id: region ", region_id, " is in use by running calls (",
+                                                      leases, " tensor span(s)); unregister it once they finish"));
   }
   if (auto s = sessions_.find(region.session); s != sessions_.end()) {
     std::erase(s->second->regions, region_id);
