@@ -107,10 +107,12 @@ void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContex
     // Checked again here: the call may have waited in the queue for a long time. The reactor
     // only hears of a cancellation when gRPC reports it; IsCancelled() also polls the call.
     if (reactor->cancelled() || context->IsCancelled()) {
+      compute = nullptr;  // the call's leases go first
       reactor->Complete(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled before it was computed"));
       return;
     }
     if (context->deadline() <= std::chrono::system_clock::now()) {
+      compute = nullptr;
       reactor->Complete(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                                      "deadline passed before the call was computed"));
       return;
@@ -200,12 +202,17 @@ grpc::ServerUnaryReactor* AttentionService::UnaryAttention(RpcMethod method, con
     reactor->Complete(ToGrpc(call.status()));
     return reactor;
   }
-  Dispatch(reactor, context, [call = *std::move(call), response](const CallControl& control) -> absl::Status {
-    if (absl::Status s = call->Run(control); !s.ok()) return s;
-    std::vector<TensorData> data;
-    for (const OutputTensor& out : call->outputs()) data.push_back({out.field, {SliceOf(out.buffer)}});
-    *response = EncodeMessage(call->response(), Call::kResponseTensorFields, std::move(data));
-    return absl::OkStatus();
+  Dispatch(reactor, context, [call = *std::move(call), response](const CallControl& control) mutable -> absl::Status {
+    absl::Status status = call->Run(control);
+    if (status.ok()) {
+      std::vector<TensorData> data;
+      for (const OutputTensor& out : call->outputs()) data.push_back({out.field, {SliceOf(out.buffer)}});
+      *response = EncodeMessage(call->response(), Call::kResponseTensorFields, std::move(data));
+    }
+    // Inputs and region leases go before the client hears back: once a call has returned, its
+    // regions are free to unregister.
+    call.reset();
+    return status;
   });
   return reactor;
 }

@@ -244,6 +244,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     }
     compute_s_ = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!status.ok()) {
+      call_.reset();
       Complete(ToGrpc(status));
       return;
     }
@@ -267,6 +268,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         writes_.push_back(EncodeMessage(part, kChunkTensorFields, std::move(data)));
       }
     }
+    call_.reset();  // inputs and region leases go before the client hears back
+    streamed_ = nullptr;
     WriteNext();
   }
 
