@@ -3,6 +3,8 @@
 // gRPC or protobuf. Implementations are thread-safe: the daemon calls them from many threads.
 #pragma once
 
+#include <cstddef>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -13,6 +15,27 @@
 #include "server/core/attention_problem.h"
 
 namespace attnd {
+
+struct BackendStats;  // server/backend_stats.h
+
+// Host memory a backend lends for a call's tensors (Backend::AllocateHostBuffer). A front end or
+// the batcher that decodes/gathers a request's tensors straight into it, and points the call's
+// args at it, saves the backend a staging copy: for CUDA it is page-locked memory, so H2D and D2H
+// run by DMA, asynchronously, at PCIe speed. The memory goes back to the backend's pool when the
+// last copy of `keep` is gone; it must outlive every call that reads or writes it.
+struct HostBuffer {
+  void* data = nullptr;
+  size_t size = 0;
+  std::shared_ptr<void> keep;
+};
+
+// Plain heap memory, 64-byte aligned: what a backend without a faster kind lends.
+inline absl::StatusOr<HostBuffer> AllocatePlainHostBuffer(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (p == nullptr) return absl::ResourceExhaustedError("out of host memory for a host buffer");
+  return HostBuffer{p, bytes, std::shared_ptr<void>(p, [](void* q) { std::free(q); })};
+}
 
 struct DeviceDescription {
   int index = 0;
@@ -37,6 +60,14 @@ class Backend {
 
   virtual absl::Status Forward(const ForwardArgs& args) = 0;
   virtual absl::Status Backward(const BackwardArgs& args) = 0;
+
+  // Host memory this backend moves to and from its device fastest (see HostBuffer); plain heap
+  // memory by default. Thread-safe; RESOURCE_EXHAUSTED when none can be had.
+  virtual absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) { return AllocatePlainHostBuffer(bytes); }
+
+  // Adds what this backend (and whatever it wraps) measured to `stats`: engine stages, batcher
+  // counters, per-device memory pools. Cumulative since start; cheap enough for every scrape.
+  virtual void CollectStats(BackendStats& stats) const { (void)stats; }
 };
 
 inline constexpr int kMaxHeadDim = 256;

@@ -197,6 +197,15 @@ void Client::Prepare(const CallOptions& call, grpc::ClientContext* context) cons
   context->set_wait_for_ready(call.wait_for_ready.value_or(options_.wait_for_ready));
 }
 
+absl::StatusOr<v1::ServerStats> Client::GetStats(const CallOptions& call) {
+  grpc::ClientContext context;
+  Prepare(call, &context);
+  v1::ServerStats stats;
+  grpc::Status status = stub_->GetStats(&context, v1::GetStatsRequest(), &stats);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return stats;
+}
+
 absl::StatusOr<grpc::ByteBuffer> Client::RawCall(const char* method, const grpc::ByteBuffer& request,
                                                  const CallOptions& call) {
   grpc::ClientContext context;

@@ -135,6 +135,8 @@ class Client {
   absl::StatusOr<v1::BackwardResponse> Backward(const v1::BackwardRequest& request, const BackwardBuffers& buffers,
                                                 const CallOptions& call = {});
   absl::StatusOr<v1::ServerInfo> GetServerInfo(const CallOptions& call = {});
+  // The daemon's cumulative measurements (engine stages, batcher, GPU pools); see ServerStats.
+  absl::StatusOr<v1::ServerStats> GetStats(const CallOptions& call = {});
 
   // Streamed calls for tensors beyond 2 GiB (stream_call.h): the request's tensors go as chunks
   // of `chunk_bytes`, from buffers or from the request's `data`.

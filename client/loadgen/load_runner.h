@@ -17,6 +17,7 @@
 #include "client/loadgen/latency_stats.h"
 #include "client/loadgen/load_spec.h"
 #include "client/loadgen/payloads.h"
+#include "client/loadgen/server_breakdown.h"
 
 namespace attnd::loadgen {
 
@@ -47,6 +48,7 @@ struct LoadReport {
   int windows = 0;              // measurement windows the report covers (0: no windows)
   int windows_run = 0;          // windows measured in all before the step ended
   bool stable = false;          // the stability rule was met (windows mode)
+  ServerBreakdown server;       // the daemon's own account of the step (GetStats), when it gives one
 
   double requests_per_s() const { return elapsed_s > 0 ? ok / elapsed_s : 0; }
   double payload_gb_per_s() const { return elapsed_s > 0 ? (request_bytes + response_bytes) / elapsed_s / 1e9 : 0; }

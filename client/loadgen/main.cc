@@ -12,6 +12,7 @@
 // --check) any call failed; 2 on bad flags or when the daemon cannot be reached.
 #include <cstdio>
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -29,10 +30,12 @@
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/attnd/client.h"
 #include "client/attnd/tensors.h"
 #include "client/loadgen/load_runner.h"
 #include "client/loadgen/payloads.h"
 #include "client/loadgen/report.h"
+#include "client/loadgen/server_breakdown.h"
 #include "client/loadgen/workload_file.h"
 #include "server/backend.h"
 #include "server/transport/malloc_tuning.h"
@@ -82,6 +85,8 @@ ABSL_FLAG(int, check_every, 1, "with --check: verify every Nth call");
 ABSL_FLAG(double, check_tolerance, 0, "relative L2 bound; 0: bf16 2e-2, fp16 5e-3, fp32 1e-3");
 ABSL_FLAG(int, check_threads, 0, "threads of the local CPU backend; 0: all");
 ABSL_FLAG(bool, json, false, "print one JSON object instead of the text summary");
+ABSL_FLAG(bool, server_stats, true, "read the daemon's GetStats before and after each step and report its "
+          "breakdown (queue, H2D, kernel, D2H, requests per launch)");
 
 namespace attnd::loadgen {
 namespace {
@@ -211,6 +216,22 @@ absl::StatusOr<std::vector<LoadSpec>> Steps(const LoadSpec& base) {
   return steps;
 }
 
+// The daemon's cumulative statistics, or an error (--noserver_stats, an old daemon without GetStats,
+// a daemon that does not answer): the step is then reported without the server's breakdown.
+absl::StatusOr<v1::ServerStats> FetchServerStats(const LoadSpec& spec) {
+  if (!absl::GetFlag(FLAGS_server_stats)) return absl::UnavailableError("--noserver_stats");
+  static absl::StatusOr<std::unique_ptr<Client>> client = [&] {
+    ClientOptions options;
+    options.target = spec.target;
+    options.connect_timeout = absl::Seconds(spec.connect_timeout_s);
+    return Client::Connect(options);
+  }();
+  if (!client.ok()) return client.status();
+  CallOptions call;
+  call.timeout = absl::Seconds(10);
+  return (*client)->GetStats(call);
+}
+
 // The payloads of every workload (--workload_file), or of the command line's one.
 absl::StatusOr<std::vector<Payload>> BuildAllPayloads(LoadSpec* spec) {
   const std::string file = absl::GetFlag(FLAGS_workload_file);
@@ -283,6 +304,7 @@ int Main(int argc, char** argv) {
                      w.requests_per_s(), w.latency.p99_ms, static_cast<long long>(w.errors));
       };
     }
+    absl::StatusOr<v1::ServerStats> before = FetchServerStats(step);
     absl::StatusOr<LoadReport> report = RunLoad(step, *payloads, on_window);
     if (!report.ok()) {
       std::fprintf(stderr, "attn_loadgen: %s\n", report.status().ToString().c_str());
@@ -293,6 +315,9 @@ int Main(int argc, char** argv) {
                    report->requests_per_s(), report->latency.p50_ms, report->latency.p99_ms,
                    static_cast<long long>(report->ok), static_cast<long long>(report->errors),
                    report->windows_run == 0 ? "" : report->stable ? " (stable)" : " (not stable)");
+    }
+    if (absl::StatusOr<v1::ServerStats> after = FetchServerStats(step); before.ok() && after.ok()) {
+      report->server = SubtractStats(*before, *after);
     }
     results.push_back({step, *std::move(report)});
   }

@@ -67,6 +67,21 @@ std::string FormatTable(const std::vector<StepResult>& steps) {
                           r.windows_run == 0 ? "-" : r.stable ? "yes" : "no",
                           r.errors == 0 ? "0" : ErrorsCell(r, " "));
   }
+  bool any_server = false;
+  for (const StepResult& s : steps) any_server |= s.report.server.available;
+  if (!any_server) return out;
+  // The daemon's account of each step (GetStats): means per request, in ms.
+  absl::StrAppendFormat(&out, "\n%-24s %9s %9s %9s %9s %9s %9s %9s %11s\n", "server (ms/request)", "queue", "h2d",
+                        "kernel", "d2h", "other", "engine", "total", "req/launch");
+  for (const StepResult& s : steps) {
+    const ServerBreakdown& b = s.report.server;
+    if (!b.available) continue;
+    const std::string step = s.spec.rate > 0 ? absl::StrFormat("rate %.6g %s", s.spec.rate, ArrivalName(s.spec))
+                                             : absl::StrFormat("concurrency %d", s.spec.concurrency);
+    absl::StrAppendFormat(&out, "%-24s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.2f\n", step, b.queue_ms,
+                          b.h2d_ms, b.kernel_ms, b.d2h_ms, b.other_ms, b.engine_ms, b.server_total_ms,
+                          b.requests_per_launch);
+  }
   return out;
 }
 
@@ -80,18 +95,24 @@ std::string FormatCsv(const std::vector<StepResult>& steps) {
   std::string out =
       "mode,concurrency,rate,arrival,direction,dtype,batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim,causal,"
       "elapsed_s,windows,stable,requests,ok,errors,requests_per_s,payload_gb_per_s,tflops,p50_ms,p90_ms,p95_ms,"
-      "p99_ms,max_ms,mean_ms,errors_by_code,transport,resident,wire_bytes_per_call\n";
+      "p99_ms,max_ms,mean_ms,errors_by_code,server_queue_ms,server_h2d_ms,server_kernel_ms,server_d2h_ms,"
+      "server_other_ms,server_engine_ms,server_total_ms,requests_per_launch,transport,resident,wire_bytes_per_call\n";
   for (const StepResult& step : steps) {
     const LoadSpec& s = step.spec;
     const LoadReport& r = step.report;
     absl::StrAppendFormat(&out, "%s,%d,%.6g,%s,%s,%s,%d,%d,%d,%d,%d,%d,%d,", s.rate > 0 ? "open" : "closed",
                           s.concurrency, s.rate, ArrivalName(s), DirectionName(s.direction), Name(s.dtype), s.batch,
                           s.seqlen_q, s.resolved_seqlen_k(), s.heads_q, s.resolved_heads_kv(), s.head_dim, s.causal);
-    absl::StrAppendFormat(&out, "%.6g,%d,%d,%d,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%s,%s,%d,%.6g\n",
+    absl::StrAppendFormat(&out, "%.6g,%d,%d,%d,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%s",
                           r.elapsed_s, r.windows, r.stable, r.ok + r.errors, r.ok, r.errors, r.requests_per_s(),
                           r.payload_gb_per_s(), r.tflops(), r.latency.p50_ms, r.latency.p90_ms, r.latency.p95_ms,
-                          r.latency.p99_ms, r.latency.max_ms, r.latency.mean_ms, ErrorsCell(r, ";"),
-                          TransportName(s.transport), s.resident, r.wire_bytes_per_call());
+                          r.latency.p99_ms, r.latency.max_ms, r.latency.mean_ms, ErrorsCell(r, ";"));
+    const ServerBreakdown& b = r.server;  // empty cells when the daemon gave no GetStats
+    absl::StrAppend(&out, b.available ? absl::StrFormat(",%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g", b.queue_ms,
+                                                        b.h2d_ms, b.kernel_ms, b.d2h_ms, b.other_ms, b.engine_ms,
+                                                        b.server_total_ms, b.requests_per_launch)
+                                      : ",,,,,,,,");
+    absl::StrAppendFormat(&out, ",%s,%d,%.6g\n", TransportName(s.transport), s.resident, r.wire_bytes_per_call());
   }
   return out;
 }
@@ -129,6 +150,7 @@ std::string FormatText(const LoadSpec& spec, const LoadReport& r) {
                           r.checked, r.mismatches, r.max_rel_l2,
                           r.first_mismatch.empty() ? "" : absl::StrCat(" (first: ", r.first_mismatch, ")"));
   }
+  if (r.server.available) out += BreakdownText(r.server);
   return out;
 }
 
@@ -178,8 +200,9 @@ std::string FormatJson(const LoadSpec& spec, const LoadReport& r) {
   absl::StrAppend(&out, "]");
   absl::StrAppend(&out, ",\"check\":", spec.check ? "true" : "false", ",\"checked\":", r.checked,
                   ",\"mismatches\":", r.mismatches, ",\"max_rel_l2\":", JsonNumber(r.max_rel_l2),
-                  ",\"first_mismatch\":", JsonString(r.first_mismatch), "}");
-  return out;
+                  ",\"first_mismatch\":", JsonString(r.first_mismatch));
+  if (r.server.available) absl::StrAppend(&out, ",\"server\":", BreakdownJson(r.server));
+  return out + "}";
 }
 
 }  // namespace attnd::loadgen

@@ -17,7 +17,38 @@ bool GpuVisible() {
 #endif
 }
 
+#ifdef ATTND_HAVE_CUDA
+CudaBackendOptions ToCudaOptions(const BackendOptions& options) {
+  CudaBackendOptions cuda;
+  cuda.deterministic = options.deterministic;
+  cuda.streams = options.cuda_streams;
+  cuda.memory_cap_bytes = options.gpu_memory_bytes;
+  cuda.memory_fraction = options.gpu_memory_fraction;
+  cuda.pinned_cap_bytes = options.pinned_memory_bytes;
+  return cuda;
+}
+#endif
+
 }  // namespace
+
+absl::StatusOr<std::vector<std::unique_ptr<Backend>>> CreateBackends(std::string_view name,
+                                                                     const BackendOptions& options) {
+  if (name == "auto") name = GpuVisible() ? "cuda" : "cpu";
+#ifdef ATTND_HAVE_CUDA
+  if (name == "cuda" && GpuVisible()) {
+    std::vector<int> devices = options.cuda_devices;
+    if (devices.empty()) {
+      for (int d = 0; d < VisibleCudaDevices(); ++d) devices.push_back(d);
+    }
+    return CreateCudaBackends(devices, ToCudaOptions(options));
+  }
+#endif
+  absl::StatusOr<std::unique_ptr<Backend>> one = CreateBackend(name, options);
+  if (!one.ok()) return one.status();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(*std::move(one));
+  return backends;
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view name, const BackendOptions& options) {
   if (name == "auto") name = GpuVisible() ? "cuda" : "cpu";
@@ -25,9 +56,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view name, co
   if (name == "cuda") {
 #ifdef ATTND_HAVE_CUDA
     if (!GpuVisible()) return absl::FailedPreconditionError("backend 'cuda': no CUDA device is visible");
-    CudaBackendOptions cuda;
+    CudaBackendOptions cuda = ToCudaOptions(options);
     cuda.device = options.cuda_device;
-    cuda.deterministic = options.deterministic;
     return CreateCudaBackend(cuda);
 #else
     return absl::FailedPreconditionError("backend 'cuda': this build has no CUDA support");

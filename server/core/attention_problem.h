@@ -112,7 +112,32 @@ struct CallControl {
   const std::atomic<bool>* cancelled = nullptr;  // read only, never written; must outlive the call
 };
 
-// Host buffers of one forward call. q/k/v/out are in `dtype`; lse is always FP32.
+// Where a call's tensor buffers live. Host (the default): plain or page-locked host memory, that
+// a GPU backend copies to its device and back. Device: every tensor pointer of the call (inputs
+// and outputs; cu_seqlens stay in the AttentionShape, on the host) is memory of CUDA device
+// `device` already, e.g. a tensor imported through CUDA IPC or kept resident between calls; a GPU
+// backend of that device then copies nothing and a backend of any other device (or the CPU
+// backend) refuses the call with FAILED_PRECONDITION.
+enum class MemorySpace { kHost, kDevice };
+struct TensorPlacement {
+  MemorySpace space = MemorySpace::kHost;
+  int device = -1;  // the CUDA device ordinal when space == kDevice
+};
+
+// Where one call's time went below the front end, filled by the engine when the caller passes
+// one (ForwardArgs::timings). Seconds; a stage the call never reached (or that does not exist on
+// its backend, e.g. H2D on the CPU) stays negative. Calls packed into one launch share that
+// launch's h2d/kernel/d2h and each keeps its own queue time.
+struct CallTimings {
+  double queue_s = -1;        // waiting in the batch queue and for a free CUDA stream
+  double h2d_s = -1;          // inputs to the device (pinned staging included)
+  double kernel_s = -1;       // the attention kernels (CUDA events)
+  double d2h_s = -1;          // outputs back into the caller's buffers
+  int batch_requests = 0;     // requests in the launch that computed this call (1: alone)
+};
+
+// Buffers of one forward call (host memory unless `placement` says otherwise). q/k/v/out are in
+// `dtype`; lse is always FP32.
 struct ForwardArgs {
   const AttentionShape* shape = nullptr;
   AttentionOptions options;
@@ -123,9 +148,12 @@ struct ForwardArgs {
   void* out = nullptr;
   float* lse = nullptr;
   CallControl control;
+  TensorPlacement placement;        // host unless a transport says the buffers are device memory
+  CallTimings* timings = nullptr;   // optional: filled by the engine (see CallTimings)
 };
 
-// Host buffers of one backward call. Gradients come back in `dtype`, shaped like their inputs.
+// Buffers of one backward call (host memory unless `placement` says otherwise). Gradients come
+// back in `dtype`, shaped like their inputs.
 struct BackwardArgs {
   const AttentionShape* shape = nullptr;
   AttentionOptions options;
@@ -140,6 +168,8 @@ struct BackwardArgs {
   void* grad_k = nullptr;
   void* grad_v = nullptr;
   CallControl control;
+  TensorPlacement placement;
+  CallTimings* timings = nullptr;
 };
 
 }  // namespace attnd

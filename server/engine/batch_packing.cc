@@ -1,8 +1,12 @@
 #include "server/engine/batch_packing.h"
 
+#include "server/engine/parallel_copy.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <new>
+#include <utility>
 
 namespace attnd::engine {
 namespace {
@@ -65,25 +69,27 @@ void PackShape(const std::vector<const Args*>& calls, AttentionShape& packed, st
 
 // Copies each caller's rows of one [rows, heads, head_dim] tensor into the packed tensor (gather)
 // or back (scatter). `tensor` picks the caller's buffer; rows are contiguous in both layouts.
+// The copies go to `copies` and run together (ParallelCopy): a batch's tensors are megabytes.
 template <typename Args, typename Tensor>
 void GatherRows(const std::vector<const Args*>& calls, const std::vector<int64_t>& offsets, bool q_rows,
-                size_t row_bytes, Tensor tensor, void* packed) {
+                size_t row_bytes, Tensor tensor, void* packed, std::vector<ParallelCopy::Range>& copies) {
   for (size_t c = 0; c < calls.size(); ++c) {
     const AttentionShape& s = *calls[c]->shape;
     const int64_t rows = q_rows ? s.total_q : s.total_k;
     if (rows == 0) continue;
-    std::memcpy(static_cast<std::byte*>(packed) + offsets[c] * row_bytes, tensor(*calls[c]), rows * row_bytes);
+    copies.push_back({static_cast<std::byte*>(packed) + offsets[c] * row_bytes, tensor(*calls[c]), rows * row_bytes});
   }
 }
 
 template <typename Args, typename Tensor>
 void ScatterRows(const std::vector<const Args*>& calls, const std::vector<int64_t>& offsets, bool q_rows,
-                 size_t row_bytes, const void* packed, Tensor tensor) {
+                 size_t row_bytes, const void* packed, Tensor tensor, std::vector<ParallelCopy::Range>& copies) {
   for (size_t c = 0; c < calls.size(); ++c) {
     const AttentionShape& s = *calls[c]->shape;
     const int64_t rows = q_rows ? s.total_q : s.total_k;
     if (rows == 0) continue;
-    std::memcpy(tensor(*calls[c]), static_cast<const std::byte*>(packed) + offsets[c] * row_bytes, rows * row_bytes);
+    copies.push_back({tensor(*calls[c]), static_cast<const std::byte*>(packed) + offsets[c] * row_bytes,
+                      rows * row_bytes});
   }
 }
 
@@ -109,14 +115,14 @@ void CopyLse(const AttentionShape& caller, int64_t q_offset, int64_t packed_tota
 }  // namespace
 
 bool IsPackable(const ForwardArgs& a) {
-  if (!IsPackableShape(a.shape)) return false;
+  if (a.placement.space != MemorySpace::kHost || !IsPackableShape(a.shape)) return false;
   const AttentionShape& s = *a.shape;
   return Present(a.q, s.q_elements()) && Present(a.k, s.kv_elements()) && Present(a.v, s.kv_elements()) &&
          Present(a.out, s.q_elements()) && Present(a.lse, s.lse_elements());
 }
 
 bool IsPackable(const BackwardArgs& a) {
-  if (!IsPackableShape(a.shape)) return false;
+  if (a.placement.space != MemorySpace::kHost || !IsPackableShape(a.shape)) return false;
   const AttentionShape& s = *a.shape;
   return Present(a.q, s.q_elements()) && Present(a.k, s.kv_elements()) && Present(a.v, s.kv_elements()) &&
          Present(a.out, s.q_elements()) && Present(a.lse, s.lse_elements()) &&
@@ -124,12 +130,17 @@ bool IsPackable(const BackwardArgs& a) {
          Present(a.grad_k, s.kv_elements()) && Present(a.grad_v, s.kv_elements());
 }
 
-void* ScratchBuffer::Reserve(size_t bytes) {
-  if (bytes > capacity_) {
-    data_.reset(new std::byte[bytes]);  // default-initialized: no zero fill
-    capacity_ = bytes;
-  }
-  return data_.get();
+void* ScratchBuffer::Reserve(size_t bytes, size_t full_bytes) {
+  if (buffer_.data != nullptr && bytes <= buffer_.size) return buffer_.data;
+  const size_t grown =
+      std::max(bytes, full_bytes <= kMaxEagerBytes ? full_bytes : buffer_.size + buffer_.size / 2);
+  buffer_ = HostBuffer{};  // give the old one back first: the pool may reuse its block
+  absl::StatusOr<HostBuffer> fresh =
+      host_memory_ != nullptr ? host_memory_->AllocateHostBuffer(grown) : AllocatePlainHostBuffer(grown);
+  if (!fresh.ok()) fresh = AllocatePlainHostBuffer(grown);
+  if (!fresh.ok()) throw std::bad_alloc();
+  buffer_ = *std::move(fresh);
+  return buffer_.data;
 }
 
 const ForwardArgs& ForwardPacker::Pack(const std::vector<const ForwardArgs*>& calls) {
@@ -142,23 +153,28 @@ const ForwardArgs& ForwardPacker::Pack(const std::vector<const ForwardArgs*>& ca
   args_.shape = &shape_;
   args_.options = first.options;
   args_.dtype = first.dtype;
-  void* q = q_.Reserve(shape_.total_q * q_row);
-  void* k = k_.Reserve(shape_.total_k * kv_row);
-  void* v = v_.Reserve(shape_.total_k * kv_row);
-  GatherRows(calls, q_offsets_, true, q_row, [](const ForwardArgs& a) { return a.q; }, q);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.k; }, k);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.v; }, v);
+  void* q = q_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  void* k = k_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  void* v = v_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  std::vector<ParallelCopy::Range> copies;
+  GatherRows(calls, q_offsets_, true, q_row, [](const ForwardArgs& a) { return a.q; }, q, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.k; }, k, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const ForwardArgs& a) { return a.v; }, v, copies);
+  ParallelCopy::Shared().Copy(copies);
   args_.q = q;
   args_.k = k;
   args_.v = v;
-  args_.out = out_.Reserve(shape_.total_q * q_row);
-  args_.lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float)));
+  args_.out = out_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  const size_t lse_row = shape_.heads_q * sizeof(float);
+  args_.lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float), max_rows_ * lse_row));
   return args_;
 }
 
 void ForwardPacker::Scatter(const std::vector<const ForwardArgs*>& calls) const {
   const size_t q_row = size_t(shape_.heads_q) * shape_.head_dim * ElementSize(args_.dtype);
-  ScatterRows(calls, q_offsets_, true, q_row, args_.out, [](const ForwardArgs& a) { return a.out; });
+  std::vector<ParallelCopy::Range> copies;
+  ScatterRows(calls, q_offsets_, true, q_row, args_.out, [](const ForwardArgs& a) { return a.out; }, copies);
+  ParallelCopy::Shared().Copy(copies);
   for (size_t c = 0; c < calls.size(); ++c) {
     CopyLse(*calls[c]->shape, q_offsets_[c], shape_.total_q, args_.lse, calls[c]->lse, /*to_packed=*/false);
   }
@@ -174,17 +190,20 @@ const BackwardArgs& BackwardPacker::Pack(const std::vector<const BackwardArgs*>&
   args_.shape = &shape_;
   args_.options = first.options;
   args_.dtype = first.dtype;
-  void* q = q_.Reserve(shape_.total_q * q_row);
-  void* k = k_.Reserve(shape_.total_k * kv_row);
-  void* v = v_.Reserve(shape_.total_k * kv_row);
-  void* out = out_.Reserve(shape_.total_q * q_row);
-  void* grad_out = grad_out_.Reserve(shape_.total_q * q_row);
-  auto* lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float)));
-  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.q; }, q);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.k; }, k);
-  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.v; }, v);
-  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.out; }, out);
-  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.grad_out; }, grad_out);
+  void* q = q_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  void* k = k_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  void* v = v_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  void* out = out_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  void* grad_out = grad_out_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  const size_t lse_row = shape_.heads_q * sizeof(float);
+  auto* lse = static_cast<float*>(lse_.Reserve(shape_.lse_elements() * sizeof(float), max_rows_ * lse_row));
+  std::vector<ParallelCopy::Range> copies;
+  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.q; }, q, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.k; }, k, copies);
+  GatherRows(calls, k_offsets_, false, kv_row, [](const BackwardArgs& a) { return a.v; }, v, copies);
+  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.out; }, out, copies);
+  GatherRows(calls, q_offsets_, true, q_row, [](const BackwardArgs& a) { return a.grad_out; }, grad_out, copies);
+  ParallelCopy::Shared().Copy(copies);
   for (size_t c = 0; c < calls.size(); ++c) {
     CopyLse(*calls[c]->shape, q_offsets_[c], shape_.total_q, calls[c]->lse, lse, /*to_packed=*/true);
   }
@@ -194,9 +213,9 @@ const BackwardArgs& BackwardPacker::Pack(const std::vector<const BackwardArgs*>&
   args_.out = out;
   args_.lse = lse;
   args_.grad_out = grad_out;
-  args_.grad_q = grad_q_.Reserve(shape_.total_q * q_row);
-  args_.grad_k = grad_k_.Reserve(shape_.total_k * kv_row);
-  args_.grad_v = grad_v_.Reserve(shape_.total_k * kv_row);
+  args_.grad_q = grad_q_.Reserve(shape_.total_q * q_row, max_rows_ * q_row);
+  args_.grad_k = grad_k_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
+  args_.grad_v = grad_v_.Reserve(shape_.total_k * kv_row, max_rows_ * kv_row);
   return args_;
 }
 
@@ -204,9 +223,11 @@ void BackwardPacker::Scatter(const std::vector<const BackwardArgs*>& calls) cons
   const size_t esize = ElementSize(args_.dtype);
   const size_t q_row = size_t(shape_.heads_q) * shape_.head_dim * esize;
   const size_t kv_row = size_t(shape_.heads_kv) * shape_.head_dim * esize;
-  ScatterRows(calls, q_offsets_, true, q_row, args_.grad_q, [](const BackwardArgs& a) { return a.grad_q; });
-  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_k, [](const BackwardArgs& a) { return a.grad_k; });
-  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_v, [](const BackwardArgs& a) { return a.grad_v; });
+  std::vector<ParallelCopy::Range> copies;
+  ScatterRows(calls, q_offsets_, true, q_row, args_.grad_q, [](const BackwardArgs& a) { return a.grad_q; }, copies);
+  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_k, [](const BackwardArgs& a) { return a.grad_k; }, copies);
+  ScatterRows(calls, k_offsets_, false, kv_row, args_.grad_v, [](const BackwardArgs& a) { return a.grad_v; }, copies);
+  ParallelCopy::Shared().Copy(copies);
 }
 
 }  // namespace attnd::engine

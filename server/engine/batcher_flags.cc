@@ -40,10 +40,12 @@ absl::StatusOr<engine::BatcherOptions> BatcherOptionsFromFlags() {
   return o;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> WrapWithBatcherFromFlags(std::unique_ptr<Backend> backend) {
+absl::StatusOr<std::unique_ptr<Backend>> WrapWithBatcherFromFlags(std::unique_ptr<Backend> backend,
+                                                                  bool all_backward_deterministic) {
   if (!absl::GetFlag(FLAGS_batching)) return backend;
   absl::StatusOr<engine::BatcherOptions> options = BatcherOptionsFromFlags();
   if (!options.ok()) return options.status();
+  options->all_backward_deterministic = all_backward_deterministic;
   return std::unique_ptr<Backend>(std::make_unique<BatchingBackend>(std::move(backend), *options));
 }
 

@@ -16,6 +16,8 @@ namespace attnd {
 absl::StatusOr<engine::BatcherOptions> BatcherOptionsFromFlags();
 
 // `backend` wrapped in a BatchingBackend configured by the flags, or unchanged with --nobatching.
-absl::StatusOr<std::unique_ptr<Backend>> WrapWithBatcherFromFlags(std::unique_ptr<Backend> backend);
+// `all_backward_deterministic`: the backend forces deterministic backward (--deterministic).
+absl::StatusOr<std::unique_ptr<Backend>> WrapWithBatcherFromFlags(std::unique_ptr<Backend> backend,
+                                                                  bool all_backward_deterministic = false);
 
 }  // namespace attnd

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "server/engine/log2_histogram.h"
 
@@ -35,6 +36,23 @@ struct BatcherStats {
   Log2Histogram requests_per_batch;
   Log2Histogram tokens_per_batch;   // query rows of each batch
   Log2Histogram queue_wait_us;      // submit -> taken by an executor, for every computed request
+
+  // Adds another batcher's counters (one batcher per GPU); peaks add too (an upper bound).
+  void Merge(const BatcherStats& o) {
+    for (auto [mine, theirs] : {std::pair{&submitted, o.submitted}, {&rejected_queue_full, o.rejected_queue_full},
+                                {&rejected_stopped, o.rejected_stopped}, {&expired, o.expired},
+                                {&cancelled, o.cancelled}, {&withdrawn, o.withdrawn},
+                                {&completed_ok, o.completed_ok}, {&completed_error, o.completed_error},
+                                {&batches_run, o.batches_run}, {&packed_batches, o.packed_batches},
+                                {&oversized_requests, o.oversized_requests}, {&retried_alone, o.retried_alone},
+                                {&queue_depth, o.queue_depth}, {&peak_queue_depth, o.peak_queue_depth},
+                                {&running, o.running}}) {
+      *mine += theirs;
+    }
+    requests_per_batch.Merge(o.requests_per_batch);
+    tokens_per_batch.Merge(o.tokens_per_batch);
+    queue_wait_us.Merge(o.queue_wait_us);
+  }
 };
 
 }  // namespace attnd::engine

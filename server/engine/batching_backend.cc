@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/synchronization/notification.h"
+#include "server/backend_stats.h"
 
 namespace attnd {
 
@@ -18,9 +19,15 @@ struct BatchingBackend::Waiter {
 };
 
 BatchingBackend::BatchingBackend(std::unique_ptr<Backend> inner, const engine::BatcherOptions& options)
-    : inner_(std::move(inner)), batcher_(std::make_unique<engine::DynamicBatcher>(inner_.get(), options)) {}
+    : BackendDecorator(std::move(inner)), batcher_(std::make_unique<engine::DynamicBatcher>(inner_.get(), options)) {}
 
 BatchingBackend::~BatchingBackend() { batcher_.reset(); }
+
+void BatchingBackend::CollectStats(BackendStats& stats) const {
+  stats.has_batcher = true;
+  stats.batcher.Merge(batcher_->Stats());
+  inner_->CollectStats(stats);
+}
 
 absl::Status BatchingBackend::Forward(const ForwardArgs& args) {
   Waiter waiter;

@@ -19,24 +19,20 @@
 #include <vector>
 
 #include "server/backend.h"
+#include "server/engine/backend_decorator.h"
 #include "server/engine/dynamic_batcher.h"
 
 namespace attnd {
 
-class BatchingBackend final : public Backend {
+class BatchingBackend final : public engine::BackendDecorator {
  public:
   BatchingBackend(std::unique_ptr<Backend> inner, const engine::BatcherOptions& options);
   ~BatchingBackend() override;  // computes every queued call, then stops the executors
 
-  std::string_view name() const override { return inner_->name(); }
-  std::vector<DeviceDescription> Devices() const override { return inner_->Devices(); }
-  std::vector<int> SupportedHeadDims() const override { return inner_->SupportedHeadDims(); }
-  absl::Status CheckSupported(const AttentionShape& shape, DType dtype) const override {
-    return inner_->CheckSupported(shape, dtype);
-  }
-
   absl::Status Forward(const ForwardArgs& args) override;
   absl::Status Backward(const BackwardArgs& args) override;
+  // The batcher's counters (added to those of other batchers, one per GPU), then the inner's.
+  void CollectStats(BackendStats& stats) const override;
 
   engine::BatcherStats Stats() const { return batcher_->Stats(); }
   const engine::BatcherOptions& options() const { return batcher_->options(); }
@@ -45,8 +41,7 @@ class BatchingBackend final : public Backend {
   struct Waiter;
   absl::Status Wait(engine::DynamicBatcher::Ticket ticket, const CallControl& control, Waiter& waiter);
 
-  std::unique_ptr<Backend> inner_;
-  std::unique_ptr<engine::DynamicBatcher> batcher_;  // destroyed first: uses inner_
+  std::unique_ptr<engine::DynamicBatcher> batcher_;  // destroyed before the base's inner_, which it uses
 };
 
 }  // namespace attnd

@@ -54,6 +54,7 @@ struct DynamicBatcher::Call {
   absl::Time deadline;
   const std::atomic<bool>* cancelled = nullptr;
   absl::Status dropped;   // why it was dropped unrun, when it was
+  double queued_s = 0;    // submit -> taken by an executor
   Completion done;
 };
 
@@ -65,6 +66,7 @@ struct DynamicBatcher::Group {
 };
 
 struct DynamicBatcher::Packers {
+  Packers(Backend* host_memory, int64_t max_rows) : forward(host_memory, max_rows), backward(host_memory, max_rows) {}
   ForwardPacker forward;
   BackwardPacker backward;
   std::vector<const ForwardArgs*> forward_calls;
@@ -140,7 +142,7 @@ DynamicBatcher::Ticket DynamicBatcher::SubmitBackward(const BackwardArgs& args, 
   Call call;
   call.key = MakeBatchKey(Direction::kBackward, *args.shape, args.options, args.dtype);
   call.backward = args;
-  call.alone = !IsPackable(args);
+  call.alone = !IsPackable(args) || args.options.deterministic || options_.all_backward_deterministic;
   call.q_rows = args.shape->total_q;
   call.k_rows = args.shape->total_k;
   call.deadline = ToAbslTime(args.control.deadline);
@@ -270,6 +272,7 @@ bool DynamicBatcher::NextBatch(std::list<Call>& batch, std::list<Call>& dropped)
           q_rows += it->q_rows;
           k_rows += it->k_rows;
           ++count;
+          it->queued_s = absl::ToDoubleSeconds(now - it->submitted);
           stats_.queue_wait_us.Add(absl::ToInt64Microseconds(now - it->submitted));
           batch.splice(batch.end(), queue_, it);
           if (alone) break;
@@ -296,7 +299,7 @@ bool DynamicBatcher::NextBatch(std::list<Call>& batch, std::list<Call>& dropped)
 }
 
 void DynamicBatcher::ExecutorLoop() {
-  Packers packers;
+  Packers packers(backend_, options_.max_batch_tokens);
   std::list<Call> batch, dropped;
   for (;;) {
     bool more;
@@ -313,26 +316,63 @@ void DynamicBatcher::ExecutorLoop() {
 }
 
 absl::Status DynamicBatcher::RunAlone(const Call& call) {
+  CallTimings* timings = call.key.direction == Direction::kForward ? call.forward.timings : call.backward.timings;
+  if (timings != nullptr) {
+    *timings = CallTimings{};
+    timings->queue_s = call.queued_s;
+    timings->batch_requests = 1;
+  }
   return Guarded([&] {
     return call.key.direction == Direction::kForward ? backend_->Forward(call.forward)
                                                      : backend_->Backward(call.backward);
   });
 }
 
+namespace {
+
+// The packed launch's timings, as seen by one of its callers: its own wait in the queue plus the
+// launch's wait for a stream, and the launch's stages, the host-side gather counted with H2D and
+// the scatter with D2H (stages the backend has: the CPU backend has neither).
+void ShareTimings(const CallTimings& launch, double queued_s, int requests, double gather_s, double scatter_s,
+                  CallTimings* caller) {
+  if (caller == nullptr) return;
+  *caller = launch;
+  caller->queue_s = queued_s + std::max(launch.queue_s, 0.0);
+  if (launch.h2d_s >= 0) caller->h2d_s += gather_s;
+  if (launch.d2h_s >= 0) caller->d2h_s += scatter_s;
+  caller->batch_requests = requests;
+}
+
+double SecondsSince(absl::Time t) { return absl::ToDoubleSeconds(absl::Now() - t); }
+
+}  // namespace
+
 absl::Status DynamicBatcher::RunPacked(const std::list<Call>& batch, Packers& packers) {
+  // The same steps for either direction: gather, one launch, scatter, each caller's timings.
+  auto run = [&](auto& packer, auto& calls, auto Call::*args, auto launch) -> absl::Status {
+    CallTimings timings;
+    absl::Time start = absl::Now();
+    calls.clear();
+    for (const Call& c : batch) calls.push_back(&(c.*args));
+    auto packed = packer.Pack(calls);
+    packed.timings = &timings;
+    const double gather_s = SecondsSince(start);
+    absl::Status status = launch(packed);
+    if (!status.ok()) return status;
+    start = absl::Now();
+    packer.Scatter(calls);
+    const double scatter_s = SecondsSince(start);
+    const int n = static_cast<int>(batch.size());
+    for (const Call& c : batch) ShareTimings(timings, c.queued_s, n, gather_s, scatter_s, (c.*args).timings);
+    return status;
+  };
   return Guarded([&]() -> absl::Status {
     if (batch.front().key.direction == Direction::kForward) {
-      packers.forward_calls.clear();
-      for (const Call& c : batch) packers.forward_calls.push_back(&c.forward);
-      absl::Status status = backend_->Forward(packers.forward.Pack(packers.forward_calls));
-      if (status.ok()) packers.forward.Scatter(packers.forward_calls);
-      return status;
+      return run(packers.forward, packers.forward_calls, &Call::forward,
+                 [&](const ForwardArgs& a) { return backend_->Forward(a); });
     }
-    packers.backward_calls.clear();
-    for (const Call& c : batch) packers.backward_calls.push_back(&c.backward);
-    absl::Status status = backend_->Backward(packers.backward.Pack(packers.backward_calls));
-    if (status.ok()) packers.backward.Scatter(packers.backward_calls);
-    return status;
+    return run(packers.backward, packers.backward_calls, &Call::backward,
+               [&](const BackwardArgs& a) { return backend_->Backward(a); });
   });
 }
 

@@ -23,6 +23,12 @@
 // completes at once with RESOURCE_EXHAUSTED, so memory never grows without bound. After shutdown
 // began, UNAVAILABLE.
 //
+// Deterministic backward (AttentionOptions::deterministic, or all_backward_deterministic) always
+// runs alone: the backward kernels partition their sums by the size of the launch (GQA head splits,
+// dQ slices per wave of CTAs), so a call packed with others gets other bits than alone, which would
+// break "identical bits run to run" (measured on the H100: packed != alone for deterministic GQA
+// backward, while packed forward equals alone bit for bit).
+//
 // A packed batch that fails is rerun one call at a time, so that one bad call cannot fail its
 // neighbours; each caller gets its own call's status.
 //
@@ -55,6 +61,9 @@ struct BatcherOptions {
   int max_batch_requests = 256;        // calls in one packed call; 1 = no packing
   int max_queue_requests = 1024;       // calls waiting; beyond: RESOURCE_EXHAUSTED at once
   int executor_threads = 2;            // batches computed at once
+  // The backend makes every backward deterministic (attnd --deterministic): then no backward call
+  // is packed either (see "Deterministic backward" above).
+  bool all_backward_deterministic = false;
 };
 
 // INVALID_ARGUMENT naming the option when one is out of range.

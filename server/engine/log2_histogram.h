@@ -24,6 +24,14 @@ class Log2Histogram {
     max_ = std::max(max_, v);
   }
 
+  // Adds every sample of `other` (e.g. the histograms of several devices' batchers).
+  void Merge(const Log2Histogram& other) {
+    for (int i = 0; i < kBuckets; ++i) counts_[i] += other.counts_[i];
+    count_ += other.count_;
+    sum_ += other.sum_;
+    max_ = std::max(max_, other.max_);
+  }
+
   int64_t count() const { return count_; }
   int64_t sum() const { return sum_; }
   int64_t max() const { return max_; }

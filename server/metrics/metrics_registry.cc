@@ -145,6 +145,7 @@ MetricsRegistry::Series& MetricsRegistry::FindOrAdd(absl::string_view name, absl
 Counter& MetricsRegistry::GetCounter(absl::string_view name, absl::string_view help, const Labels& labels) {
   absl::MutexLock lock(&mu_);
   Series& s = FindOrAdd(name, help, Type::kCounter, labels, nullptr);
+  if (s.read) Misuse(absl::StrCat("counter '", name, "' is a callback counter"));
   if (s.counter == nullptr) s.counter = std::make_unique<Counter>();
   return *s.counter;
 }
@@ -161,6 +162,7 @@ Histogram& MetricsRegistry::GetHistogram(absl::string_view name, absl::string_vi
                                          const std::vector<double>& upper_bounds) {
   absl::MutexLock lock(&mu_);
   Series& s = FindOrAdd(name, help, Type::kHistogram, labels, &upper_bounds);
+  if (s.read_histogram) Misuse(absl::StrCat("histogram '", name, "' is a callback histogram"));
   if (s.histogram == nullptr) s.histogram = std::make_unique<Histogram>(upper_bounds);
   return *s.histogram;
 }
@@ -173,6 +175,24 @@ void MetricsRegistry::AddCallbackGauge(absl::string_view name, absl::string_view
   s.read = std::move(read);
 }
 
+void MetricsRegistry::AddCallbackCounter(absl::string_view name, absl::string_view help, const Labels& labels,
+                                         std::function<double()> read) {
+  absl::MutexLock lock(&mu_);
+  Series& s = FindOrAdd(name, help, Type::kCounter, labels, nullptr);
+  if (s.counter != nullptr) Misuse(absl::StrCat("counter '", name, "' is already a plain counter"));
+  s.read = std::move(read);
+}
+
+void MetricsRegistry::AddCallbackHistogram(absl::string_view name, absl::string_view help, const Labels& labels,
+                                           const std::vector<double>& upper_bounds,
+                                           std::function<Histogram::Snapshot()> read) {
+  Histogram validate(upper_bounds);  // aborts on bounds that are not finite and increasing
+  absl::MutexLock lock(&mu_);
+  Series& s = FindOrAdd(name, help, Type::kHistogram, labels, &upper_bounds);
+  if (s.histogram != nullptr) Misuse(absl::StrCat("histogram '", name, "' is already a plain histogram"));
+  s.read_histogram = std::move(read);
+}
+
 std::string MetricsRegistry::Render() const {
   absl::MutexLock lock(&mu_);
   std::string out;
@@ -182,14 +202,17 @@ std::string MetricsRegistry::Render() const {
     for (const auto& [labels, s] : family.series) {
       switch (family.type) {
         case Type::kCounter:
-          absl::StrAppend(&out, name, LabelText(labels), " ", FormatValue(s.counter->Value()), "\n");
+          absl::StrAppend(&out, name, LabelText(labels), " ", FormatValue(s.read ? s.read() : s.counter->Value()),
+                          "\n");
           break;
         case Type::kGauge:
           absl::StrAppend(&out, name, LabelText(labels), " ", FormatValue(s.read ? s.read() : s.gauge->Value()), "\n");
           break;
         case Type::kHistogram: {
-          const Histogram::Snapshot snap = s.histogram->Read();
-          const std::vector<double>& bounds = s.histogram->upper_bounds();
+          const Histogram::Snapshot snap = s.read_histogram ? s.read_histogram() : s.histogram->Read();
+          const std::vector<double>& bounds = family.bounds;
+          if (snap.cumulative.size() != bounds.size() + 1) Misuse(absl::StrCat("histogram '", name, "' read back "
+                                                                               "the wrong number of buckets"));
           for (size_t i = 0; i <= bounds.size(); ++i) {
             const std::pair<std::string, std::string> le{"le", i < bounds.size() ? FormatValue(bounds[i]) : "+Inf"};
             absl::StrAppend(&out, name, "_bucket", LabelText(labels, &le), " ", snap.cumulative[i], "\n");

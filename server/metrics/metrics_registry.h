@@ -90,6 +90,14 @@ class MetricsRegistry {
   // every Render() (stop the exporter first).
   void AddCallbackGauge(absl::string_view name, absl::string_view help, const Labels& labels,
                         std::function<double()> read);
+  // The same for a counter another layer keeps (e.g. the engine's driver allocations): `read`
+  // returns its running total, which must never decrease.
+  void AddCallbackCounter(absl::string_view name, absl::string_view help, const Labels& labels,
+                          std::function<double()> read);
+  // And for a histogram another layer keeps: `read` returns cumulative counts for `upper_bounds`
+  // (plus +Inf) and the sum, e.g. converted from the engine's own histograms at each scrape.
+  void AddCallbackHistogram(absl::string_view name, absl::string_view help, const Labels& labels,
+                            const std::vector<double>& upper_bounds, std::function<Histogram::Snapshot()> read);
 
   // Every family sorted by name, every series by labels; "# HELP" and "# TYPE" once per family.
   std::string Render() const;
@@ -100,7 +108,8 @@ class MetricsRegistry {
     std::unique_ptr<Counter> counter;
     std::unique_ptr<Gauge> gauge;
     std::unique_ptr<Histogram> histogram;
-    std::function<double()> read;  // callback gauges
+    std::function<double()> read;  // callback gauges and counters
+    std::function<Histogram::Snapshot()> read_histogram;  // callback histograms
   };
   struct Family {
     Type type;

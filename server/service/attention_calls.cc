@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<ForwardCall>> ForwardCall::Create(v1::ForwardRequ
                                                       *std::move(validated)));
 }
 
-absl::Status ForwardCall::Run(const CallControl& control) {
+absl::Status ForwardCall::Run(const CallControl& control, CallTimings* timings) {
   const bool keep = header_.keep_resident().keep();
   CallTensors tensors(env_.transport);
   ResidentTensors kept;
@@ -98,6 +98,7 @@ absl::Status ForwardCall::Run(const CallControl& control) {
 
   ForwardArgs args = call_.Args(out->data, static_cast<float*>(lse->data));
   args.control = control;
+  args.timings = timings;
   if (absl::Status s = env_.backend->Forward(args); !s.ok()) return s;
   if (out_copy.data != nullptr) std::memcpy(out_copy.data, out->data, out_bytes);
   if (lse_copy.data != nullptr) std::memcpy(lse_copy.data, lse->data, lse_bytes);
@@ -152,7 +153,7 @@ absl::StatusOr<std::unique_ptr<BackwardCall>> BackwardCall::Create(v1::BackwardR
                                                         *std::move(validated), *std::move(resident)));
 }
 
-absl::Status BackwardCall::Run(const CallControl& control) {
+absl::Status BackwardCall::Run(const CallControl& control, CallTimings* timings) {
   CallTensors tensors(env_.transport);
   std::vector<std::tuple<int, const v1::Tensor*, const char*, TensorBytes*>> inputs{
       {6, &header_.grad_out(), "grad_out", &call_.grad_out}};
@@ -193,6 +194,7 @@ absl::Status BackwardCall::Run(const CallControl& control) {
 
   BackwardArgs args = call_.Args(grads[0].data, grads[1].data, grads[2].data);
   args.control = control;
+  args.timings = timings;
   if (absl::Status s = env_.backend->Backward(args); !s.ok()) return s;
 
   const std::vector<int64_t> q_shape =

@@ -42,7 +42,7 @@ class ForwardCall {
   static absl::StatusOr<std::unique_ptr<ForwardCall>> Create(v1::ForwardRequest header,
                                                              std::unique_ptr<InlineTensors> inline_tensors,
                                                              const CallEnv& env);
-  absl::Status Run(const CallControl& control);
+  absl::Status Run(const CallControl& control, CallTimings* timings = nullptr);
 
   const v1::ForwardResponse& response() const { return response_; }
   const std::vector<OutputTensor>& outputs() const { return outputs_; }
@@ -67,7 +67,7 @@ class BackwardCall {
   static absl::StatusOr<std::unique_ptr<BackwardCall>> Create(v1::BackwardRequest header,
                                                               std::unique_ptr<InlineTensors> inline_tensors,
                                                               const CallEnv& env);
-  absl::Status Run(const CallControl& control);
+  absl::Status Run(const CallControl& control, CallTimings* timings = nullptr);
 
   const v1::BackwardResponse& response() const { return response_; }
   const std::vector<OutputTensor>& outputs() const { return outputs_; }

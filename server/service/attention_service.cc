@@ -97,7 +97,7 @@ bool AttentionService::EnterCall() {
 }
 
 void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
-                                absl::AnyInvocable<absl::Status(const CallControl&) &&> compute) {
+                                absl::AnyInvocable<absl::Status(const CallControl&, CallTimings*) &&> compute) {
   if (context->deadline() <= std::chrono::system_clock::now()) {
     reactor->Complete(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before the call was computed"));
     return;
@@ -118,11 +118,12 @@ void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContex
       return;
     }
     absl::Status status;
+    CallTimings timings;
     const CallReactor::Clock::time_point compute_start = CallReactor::Clock::now();
     try {
       // The deadline and the cancellation travel with the call, so a backend that queues it
       // (the dynamic batcher) can still drop it uncomputed.
-      status = std::move(compute)(CallControl{context->deadline(), reactor->cancelled_flag()});
+      status = std::move(compute)(CallControl{context->deadline(), reactor->cancelled_flag()}, &timings);
     } catch (const std::bad_alloc&) {
       // Sizing a large response on a host that is out of memory.
       status = absl::ResourceExhaustedError("out of host memory while computing the response");
@@ -131,6 +132,7 @@ void AttentionService::Dispatch(CallReactor* reactor, grpc::CallbackServerContex
       status = absl::InternalError(absl::StrCat("backend failure: ", e.what()));
     }
     reactor->set_compute(CallReactor::SecondsSince(compute_start));
+    reactor->set_timings(timings);
     reactor->Complete(ToGrpc(status));
   };
   // Complete() may run on a worker before this handler returns the reactor: gRPC holds it until
@@ -159,8 +161,12 @@ bool AttentionService::WaitUntilIdle(absl::Time deadline) {
 }
 
 void AttentionService::CallDone(const CallReactor& call) {
-  if (metrics_ == nullptr && access_log_ == nullptr) return;
-  RecordCall(call.method(), call.Record(), call.code());
+  const bool computed = call.code() == grpc::StatusCode::OK &&
+                        (call.method() == RpcMethod::kForward || call.method() == RpcMethod::kBackward);
+  if (metrics_ == nullptr && access_log_ == nullptr && !computed) return;
+  const AccessRecord record = call.Record();
+  if (computed) latencies_.Record(record);
+  RecordCall(call.method(), record, call.code());
 }
 
 void AttentionService::RecordCall(RpcMethod method, const AccessRecord& record, grpc::StatusCode code) {
@@ -202,8 +208,9 @@ grpc::ServerUnaryReactor* AttentionService::UnaryAttention(RpcMethod method, con
     reactor->Complete(ToGrpc(call.status()));
     return reactor;
   }
-  Dispatch(reactor, context, [call = *std::move(call), response](const CallControl& control) mutable -> absl::Status {
-    absl::Status status = call->Run(control);
+  Dispatch(reactor, context, [call = *std::move(call), response](const CallControl& control,
+                                                               CallTimings* timings) mutable -> absl::Status {
+    absl::Status status = call->Run(control, timings);
     if (status.ok()) {
       std::vector<TensorData> data;
       for (const OutputTensor& out : call->outputs()) data.push_back({out.field, {SliceOf(out.buffer)}});
@@ -236,6 +243,18 @@ grpc::ServerUnaryReactor* AttentionService::GetServerInfo(grpc::CallbackServerCo
   CallReactor* reactor = StartCall(RpcMethod::kGetServerInfo, context, static_cast<int64_t>(request->ByteSizeLong()),
                                    response, nullptr, &draining);
   *response = info_;
+  reactor->Complete(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionService::GetStats(grpc::CallbackServerContext* context,
+                                                     const v1::GetStatsRequest* request, v1::ServerStats* response) {
+  bool draining = false;  // served while draining: an operator watches the drain through it
+  CallReactor* reactor = StartCall(RpcMethod::kGetStats, context, static_cast<int64_t>(request->ByteSizeLong()),
+                                   response, nullptr, &draining);
+  BackendStats engine;
+  backend_->CollectStats(engine);
+  FillServerStats(engine, latencies_.Snapshot(), absl::ToDoubleSeconds(absl::Now() - started_), response);
   reactor->Complete(grpc::Status::OK);
   return reactor;
 }

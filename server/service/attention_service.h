@@ -33,6 +33,7 @@
 #include "server/backend.h"
 #include "server/service/attention_calls.h"
 #include "server/service/request_validation.h"
+#include "server/service/server_stats.h"
 #include "server/service/service_metrics.h"
 #include "server/service/structured_log.h"
 #include "server/service/worker_pool.h"
@@ -45,10 +46,10 @@ class CallReactor;
 // are ordinary protobuf methods. A new RPC of attnd.v1.Attention must be added to this chain.
 using AttentionServiceBase = v1::Attention::WithRawCallbackMethod_Forward<
     v1::Attention::WithRawCallbackMethod_Backward<v1::Attention::WithCallbackMethod_GetServerInfo<
-        v1::Attention::WithCallbackMethod_RegisterSharedMemory<v1::Attention::WithCallbackMethod_RegisterCudaMemory<
+        v1::Attention::WithCallbackMethod_GetStats<v1::Attention::WithCallbackMethod_RegisterSharedMemory<v1::Attention::WithCallbackMethod_RegisterCudaMemory<
             v1::Attention::WithCallbackMethod_UnregisterRegion<v1::Attention::WithCallbackMethod_ReleaseResident<
                 v1::Attention::WithRawCallbackMethod_ForwardStream<
-                    v1::Attention::WithRawCallbackMethod_BackwardStream<v1::Attention::Service>>>>>>>>>;
+                    v1::Attention::WithRawCallbackMethod_BackwardStream<v1::Attention::Service>>>>>>>>>>;
 
 // The transport settings the service reports in ServerInfo.transports.
 struct TransportSettings {
@@ -75,6 +76,9 @@ class AttentionService final : public AttentionServiceBase {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;
+  // The engine's and the service's measurements (server_stats.h); served while draining too.
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context, const v1::GetStatsRequest* request,
+                                     v1::ServerStats* response) override;
 
   // transport_rpcs.cc
   grpc::ServerUnaryReactor* RegisterSharedMemory(grpc::CallbackServerContext* context,
@@ -116,8 +120,9 @@ class AttentionService final : public AttentionServiceBase {
   bool EnterCall();  // false while draining (the call must be refused)
   // Queues `compute` on the pool; `reactor` is finished with compute's status, or without running
   // it when the call was cancelled, expired or the queue is full.
+  // `compute` gets the call's CallTimings to hand to the engine.
   void Dispatch(CallReactor* reactor, grpc::CallbackServerContext* context,
-                absl::AnyInvocable<absl::Status(const CallControl&) &&> compute);
+                absl::AnyInvocable<absl::Status(const CallControl&, CallTimings*) &&> compute);
 
   friend class CallReactor;
   void CallDone(const CallReactor& call);  // records the call; the reactor is still alive
@@ -140,6 +145,8 @@ class AttentionService final : public AttentionServiceBase {
   ServiceMetrics* const metrics_;
   AccessLog* const access_log_;
   v1::ServerInfo info_;
+  ServiceLatencyStats latencies_;
+  const absl::Time started_ = absl::Now();
 
   absl::Mutex mu_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

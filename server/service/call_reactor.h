@@ -64,6 +64,7 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   }
   void set_queue_wait(double seconds) { queue_wait_s_ = seconds; }
   void set_compute(double seconds) { compute_s_ = seconds; }
+  void set_timings(const CallTimings& timings) { timings_ = timings; }
   static double SecondsSince(Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   }
@@ -88,6 +89,11 @@ class CallReactor final : public grpc::ServerUnaryReactor {
     r.queue_wait_s = queue_wait_s_;
     r.compute_s = compute_s_;
     r.total_s = total_s_;
+    r.batch_queue_s = timings_.queue_s;
+    r.h2d_s = timings_.h2d_s;
+    r.kernel_s = timings_.kernel_s;
+    r.d2h_s = timings_.d2h_s;
+    r.batch_requests = timings_.batch_requests;
     return r;
   }
 
@@ -105,6 +111,7 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   double queue_wait_s_ = -1;
   double compute_s_ = -1;
   double total_s_ = 0;
+  CallTimings timings_;  // the engine's stages, when it computed the call
 };
 
 }  // namespace attnd

@@ -27,7 +27,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/backends/backend_factory.h"
-#include "server/engine/batcher_flags.h"
+#include "server/engine/engine_flags.h"
+#include "server/engine/engine_metrics.h"
 #include "server/service/attention_server.h"
 #include "server/service/attention_service.h"
 #include "server/service/structured_log.h"
@@ -85,7 +86,9 @@ int main(int argc, char** argv) {
   attnd::TuneMallocForLargeMessages();
   absl::FlagsUsageConfig usage;
   // --help lists this file's flags (absl's default looks for a file named after the program).
-  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/service/main.cc"); };
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/service/main.cc") || absl::StrContains(file, "server/engine/");
+  };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   usage.version_string = [] { return absl::StrCat("attnd ", attnd::AttndVersion(), "\n"); };
   absl::SetFlagsUsageConfig(usage);
@@ -113,8 +116,11 @@ int main(int argc, char** argv) {
   attnd::BackendOptions backend_options;
   backend_options.cpu_threads = absl::GetFlag(FLAGS_threads);
   backend_options.deterministic = absl::GetFlag(FLAGS_deterministic);
+  // The engine: one backend per device (--devices), each behind its dynamic batcher (compatible
+  // calls that queue together become one packed-varlen launch: --batching, --max_queue_delay_us,
+  // ...), routed to the least loaded device, timed per stage (server/engine/engine_flags.h).
   absl::StatusOr<std::unique_ptr<attnd::Backend>> backend =
-      attnd::CreateBackend(absl::GetFlag(FLAGS_backend), backend_options);
+      attnd::CreateEngineFromFlags(absl::GetFlag(FLAGS_backend), backend_options);
   if (!backend.ok()) {
     LogLine(LogLevel::kError, "cannot create the backend")
         .Kv("flag", absl::StrCat("--backend=", absl::GetFlag(FLAGS_backend)))
@@ -122,13 +128,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::string backend_name((*backend)->name());
-  // The dynamic batcher sits above the backend: compatible calls that queue together become one
-  // packed-varlen launch (--batching, --max_queue_delay_us, --max_batch_tokens, ...).
-  backend = attnd::WrapWithBatcherFromFlags(*std::move(backend));
-  if (!backend.ok()) {
-    LogLine(LogLevel::kError, "cannot configure the batcher").Kv("error", backend.status().ToString());
-    return 1;
-  }
+  const attnd::Backend* engine = backend->get();  // owned by the server from here on
 
   attnd::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
@@ -154,6 +154,7 @@ int main(int argc, char** argv) {
     LogLine(LogLevel::kError, "cannot start").Kv("error", server.status().ToString());
     return 1;
   }
+  attnd::RegisterEngineMetrics((*server)->metrics(), engine);  // batch sizes, GPU pools, streams
   LogLine(LogLevel::kInfo, "attnd serving")
       .Kv("version", attnd::AttndVersion())
       .Kv("address", (*server)->address())

@@ -1,6 +1,7 @@
 #include "server/service/service_metrics.h"
 
 #include <string>
+#include <utility>
 
 namespace attnd {
 namespace {
@@ -10,7 +11,8 @@ constexpr char kRequestsHelp[] = "Finished attnd.v1.Attention calls by method an
 constexpr char kStage[] = "attnd_request_stage_seconds";
 constexpr char kStageHelp[] =
     "Seconds a call spent in each stage: queue_wait (validated, waiting for a worker), compute (backend), "
-    "total (handler entry to response sent).";
+    "total (handler entry to response sent); inside the engine batch_queue (batch queue and CUDA stream "
+    "wait), h2d, kernel, d2h.";
 
 }  // namespace
 
@@ -19,6 +21,7 @@ absl::string_view RpcMethodName(RpcMethod method) {
     case RpcMethod::kForward: return "Forward";
     case RpcMethod::kBackward: return "Backward";
     case RpcMethod::kGetServerInfo: return "GetServerInfo";
+    case RpcMethod::kGetStats: return "GetStats";
     case RpcMethod::kRegisterSharedMemory: return "RegisterSharedMemory";
     case RpcMethod::kRegisterCudaMemory: return "RegisterCudaMemory";
     case RpcMethod::kUnregisterRegion: return "UnregisterRegion";
@@ -52,6 +55,10 @@ ServiceMetrics::ServiceMetrics(metrics::MetricsRegistry* registry) : registry_(r
     p.queue_wait = &StageSeconds(method, "queue_wait");
     p.compute = &StageSeconds(method, "compute");
     p.total = &StageSeconds(method, "total");
+    p.batch_queue = &StageSeconds(method, "batch_queue");
+    p.h2d = &StageSeconds(method, "h2d");
+    p.kernel = &StageSeconds(method, "kernel");
+    p.d2h = &StageSeconds(method, "d2h");
     for (auto& slot : p.by_code) slot.store(nullptr, std::memory_order_relaxed);
     Requests(method, static_cast<int>(grpc::StatusCode::OK));
   }
@@ -85,6 +92,10 @@ void ServiceMetrics::RecordCall(RpcMethod method, const AccessRecord& r, grpc::S
   if (r.queue_wait_s >= 0) p.queue_wait->Observe(r.queue_wait_s);
   if (r.compute_s >= 0) p.compute->Observe(r.compute_s);
   p.total->Observe(r.total_s);
+  for (auto [seconds, histogram] : {std::pair{r.batch_queue_s, p.batch_queue}, {r.h2d_s, p.h2d},
+                                    {r.kernel_s, p.kernel}, {r.d2h_s, p.d2h}}) {
+    if (seconds >= 0) histogram->Observe(seconds);
+  }
 }
 
 }  // namespace attnd

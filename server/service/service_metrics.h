@@ -1,8 +1,9 @@
 // ServiceMetrics: the series the gRPC front end records, on a MetricsRegistry.
 //
 //   attnd_requests_total{method,code}              counter: finished calls by gRPC status
-//   attnd_request_stage_seconds{method,stage}      histogram: queue_wait, compute, total (more
-//                                                  stages, e.g. h2d/kernel/d2h, by StageSeconds())
+//   attnd_request_stage_seconds{method,stage}      histogram: queue_wait (for a worker), compute,
+//                                                  total, and the engine's batch_queue, h2d, kernel,
+//                                                  d2h (calls the engine computed)
 //   attnd_request_bytes_total{method}              counter: request message bytes received
 //   attnd_response_bytes_total{method}             counter: response message bytes sent
 //   attnd_queue_depth, attnd_workers_busy, attnd_workers, attnd_calls_in_flight   gauges
@@ -27,15 +28,16 @@ enum class RpcMethod {
   kForward = 0,
   kBackward = 1,
   kGetServerInfo = 2,
+  kGetStats = 3,
   // Transports (server/transport).
-  kRegisterSharedMemory = 3,
-  kRegisterCudaMemory = 4,
-  kUnregisterRegion = 5,
-  kReleaseResident = 6,
-  kForwardStream = 7,
-  kBackwardStream = 8,
+  kRegisterSharedMemory = 4,
+  kRegisterCudaMemory = 5,
+  kUnregisterRegion = 6,
+  kReleaseResident = 7,
+  kForwardStream = 8,
+  kBackwardStream = 9,
 };
-inline constexpr int kRpcMethods = 9;
+inline constexpr int kRpcMethods = 10;
 absl::string_view RpcMethodName(RpcMethod method);
 // "OK", "INVALID_ARGUMENT", ...: gRPC's canonical names.
 absl::string_view StatusCodeName(grpc::StatusCode code);
@@ -58,6 +60,10 @@ class ServiceMetrics {
     metrics::Histogram* queue_wait;
     metrics::Histogram* compute;
     metrics::Histogram* total;
+    metrics::Histogram* batch_queue;  // the engine's stages (CallTimings)
+    metrics::Histogram* h2d;
+    metrics::Histogram* kernel;
+    metrics::Histogram* d2h;
     // grpc::StatusCode 0..16; OK from the start, the others on their first call (GetCounter is
     // idempotent, so two threads filling one slot store the same pointer).
     std::array<std::atomic<metrics::Counter*>, 17> by_code;

@@ -127,6 +127,13 @@ void AccessLog::Write(const AccessRecord& r) {
   AppendLogField(&line, "queue_ms", Millis(r.queue_wait_s));
   AppendLogField(&line, "compute_ms", Millis(r.compute_s));
   AppendLogField(&line, "total_ms", Millis(r.total_s));
+  if (r.batch_requests > 0) {  // the engine's stages, for calls it computed
+    AppendLogField(&line, "batch_queue_ms", Millis(r.batch_queue_s));
+    AppendLogField(&line, "h2d_ms", Millis(r.h2d_s));
+    AppendLogField(&line, "kernel_ms", Millis(r.kernel_s));
+    AppendLogField(&line, "d2h_ms", Millis(r.d2h_s));
+    AppendLogField(&line, "batch_requests", absl::StrCat(r.batch_requests));
+  }
   absl::MutexLock lock(&mu_);
   WriteLine(file_, std::move(line));
 }

@@ -61,6 +61,13 @@ struct AccessRecord {
   double queue_wait_s = -1;
   double compute_s = -1;
   double total_s = 0;
+  // Inside the engine (CallTimings): batch queue + stream wait, H2D, kernel, D2H; negative when
+  // the call never reached that stage or its backend has none.
+  double batch_queue_s = -1;
+  double h2d_s = -1;
+  double kernel_s = -1;
+  double d2h_s = -1;
+  int batch_requests = 0;  // requests in the launch that computed the call
 };
 
 class AccessLog {

@@ -61,6 +61,13 @@ absl::Status CheckCommon(const AttentionShape* shape, const AttentionOptions& op
   return CheckShape(*shape);
 }
 
+// Device-resident tensors (TensorPlacement::kDevice) are GPU memory this backend cannot read.
+absl::Status CheckOnHost(const TensorPlacement& placement) {
+  if (placement.space == MemorySpace::kHost) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("the cpu backend computes on host memory; the call's tensors are ",
+                                                    "on CUDA device ", placement.device));
+}
+
 absl::Status CheckBuffer(const void* p, int64_t elements, const char* field) {
   if (p == nullptr && elements > 0) return absl::InvalidArgumentError(absl::StrCat(field, " is missing"));
   return absl::OkStatus();
@@ -99,6 +106,7 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status Forward(const ForwardArgs& args) override {
+    if (absl::Status st = CheckOnHost(args.placement); !st.ok()) return st;
     if (absl::Status st = CheckCommon(args.shape, args.options); !st.ok()) return st;
     const AttentionShape& s = *args.shape;
     for (absl::Status st : {CheckBuffer(args.q, s.q_elements(), "q"), CheckBuffer(args.k, s.kv_elements(), "k"),
@@ -112,6 +120,7 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status Backward(const BackwardArgs& args) override {
+    if (absl::Status st = CheckOnHost(args.placement); !st.ok()) return st;
     if (absl::Status st = CheckCommon(args.shape, args.options); !st.ok()) return st;
     const AttentionShape& s = *args.shape;
     for (absl::Status st : {CheckBuffer(args.q, s.q_elements(), "q"), CheckBuffer(args.k, s.kv_elements(), "k"),

@@ -469,3 +469,95 @@ TEST(BatcherOptions, OutOfRangeValuesAreNamed) {
 
 }  // namespace
 }  // namespace attnd::engine::testing
+
+namespace attnd::engine::testing {
+namespace {
+
+// Deterministic backward promises identical bits run to run; the backward kernels partition their
+// sums by the size of the launch, so such a call never shares one. Forward and other backward
+// calls still pack.
+TEST(DynamicBatcher, DeterministicBackwardNeverSharesALaunch) {
+  for (bool daemon_forces : {false, true}) {
+    SCOPED_TRACE(daemon_forces ? "all backward deterministic (--deterministic)" : "per request");
+    FakeBackend fake;
+    BatcherOptions o;
+    o.max_queue_delay = absl::Hours(1);
+    o.all_backward_deterministic = daemon_forces;
+    DynamicBatcher batcher(&fake, o);
+    const AttentionOptions det{false, 0.125f, /*deterministic=*/!daemon_forces};
+    std::vector<std::unique_ptr<TestCall>> calls;
+    std::vector<Outcome> outcomes(5);
+    for (int i = 0; i < 3; ++i) {
+      calls.push_back(MakeCall(DenseShape(1, 4, 4, 4, 2, 8), 20 + i, DType::kFP32, det));
+      batcher.SubmitBackward(calls.back()->Backward(), outcomes[i].Callback());
+    }
+    for (int i = 3; i < 5; ++i) {
+      calls.push_back(MakeCall(DenseShape(1, 4, 4, 4, 2, 8), 20 + i, DType::kFP32, det));
+      batcher.SubmitForward(calls.back()->Forward(), outcomes[i].Callback());
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(outcomes[i].Wait().ok());  // alone: they did not wait for company
+    batcher.Stop();
+    for (Outcome& r : outcomes) EXPECT_TRUE(r.Wait().ok());
+    int backward_launches = 0, forward_batch = 0;
+    for (const RecordedCall& c : fake.calls()) {
+      if (c.direction == Direction::kBackward) {
+        ++backward_launches;
+        EXPECT_EQ(c.shape.batch, 1);
+      } else {
+        forward_batch = c.shape.batch;
+      }
+    }
+    EXPECT_EQ(backward_launches, 3);
+    EXPECT_EQ(forward_batch, 2);  // the two forwards still shared one launch
+  }
+}
+
+// Counts the host buffers a backend lends (the packers' buffers come from there).
+class LendingFake final : public Backend {
+ public:
+  std::string_view name() const override { return "lending fake"; }
+  absl::Status CheckSupported(const AttentionShape& s, DType t) const override { return inner_.CheckSupported(s, t); }
+  absl::Status Forward(const ForwardArgs& args) override { return inner_.Forward(args); }
+  absl::Status Backward(const BackwardArgs& args) override { return inner_.Backward(args); }
+  absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) override {
+    lent_.fetch_add(1);
+    return AllocatePlainHostBuffer(bytes);
+  }
+  int lent() const { return lent_.load(); }
+
+ private:
+  FakeBackend inner_;
+  std::atomic<int> lent_{0};
+};
+
+TEST(DynamicBatcher, PackingBuffersAreSizedForAFullBatchOnce) {
+  LendingFake fake;
+  BatcherOptions o;
+  o.max_queue_delay = absl::Hours(1);
+  o.max_batch_tokens = 64;
+  o.executor_threads = 1;
+  DynamicBatcher batcher(&fake, o);
+  int lent_after_first = -1;
+  for (int requests : {2, 3, 5, 8}) {  // ever larger batches: 8, 12, 20, 32 rows
+    std::vector<std::unique_ptr<TestCall>> calls;
+    std::vector<Outcome> outcomes(requests);
+    for (int i = 0; i < requests; ++i) {
+      calls.push_back(MakeCall(DenseShape(1, 4, 4, 2, 2, 8), 40 + i));
+      batcher.SubmitForward(calls.back()->Forward(), outcomes[i].Callback());
+    }
+    // Full at 64 rows: release the group by reaching the token cap with one more call.
+    auto filler = MakeCall(DenseShape(1, 64 - 4 * requests, 4, 2, 2, 8), 99);
+    Outcome filled;
+    batcher.SubmitForward(filler->Forward(), filled.Callback());
+    for (Outcome& r : outcomes) ASSERT_TRUE(r.Wait().ok());
+    ASSERT_TRUE(filled.Wait().ok());
+    for (auto& c : calls) EXPECT_EQ(c->out, c->q);
+    if (lent_after_first < 0) lent_after_first = fake.lent();
+  }
+  EXPECT_EQ(lent_after_first, 5);  // q, k, v, out, lse of the forward packer, once
+  EXPECT_EQ(fake.lent(), lent_after_first);
+  EXPECT_EQ(batcher.Stats().packed_batches, 4);
+}
+
+}  // namespace
+}  // namespace attnd::engine::testing

@@ -101,6 +101,28 @@ TEST(MetricsRegistryTest, CallbackGaugeIsReadAtRenderTime) {
   EXPECT_THAT(r.Render(), HasSubstr("\nq_depth 42\n"));
 }
 
+TEST(MetricsRegistryTest, CallbackCounterAndHistogramAreReadAtRenderTime) {
+  MetricsRegistry r;
+  int64_t allocations = 3;
+  Histogram::Snapshot batches;
+  batches.cumulative = {2, 5, 6};  // le=1, le=4, +Inf
+  batches.count = 6;
+  batches.sum = 17;
+  r.AddCallbackCounter("pool_allocations_total", "Allocations.", {{"device", "0"}},
+                       [&] { return static_cast<double>(allocations); });
+  r.AddCallbackHistogram("batch_requests", "Requests per launch.", {}, {1, 4}, [&] { return batches; });
+  EXPECT_THAT(r.Render(), HasSubstr("# TYPE pool_allocations_total counter\npool_allocations_total{device=\"0\"} 3\n"));
+  allocations = 9;
+  batches.cumulative = {2, 5, 7};
+  batches.count = 7;
+  batches.sum = 30;
+  EXPECT_THAT(Lines(r.Render()),
+              ::testing::IsSupersetOf({"# TYPE batch_requests histogram", "batch_requests_bucket{le=\"1\"} 2",
+                                       "batch_requests_bucket{le=\"4\"} 5", "batch_requests_bucket{le=\"+Inf\"} 7",
+                                       "batch_requests_sum 30", "batch_requests_count 7",
+                                       "pool_allocations_total{device=\"0\"} 9"}));
+}
+
 TEST(MetricsRegistryTest, ConcurrentIncrementsAndObservationsAllCount) {
   MetricsRegistry r;
   constexpr int kThreads = 8;
@@ -163,6 +185,20 @@ TEST(MetricsRegistryDeathTest, MisuseAbortsWithAMessage) {
         r.GetHistogram("h", "H.", {{"a", "b"}}, {1, 3});
       },
       "two sets of buckets");
+  EXPECT_DEATH(
+      {
+        MetricsRegistry r;
+        r.AddCallbackCounter("c_total", "C.", {}, [] { return 1.0; });
+        r.GetCounter("c_total", "C.");
+      },
+      "callback counter");
+  EXPECT_DEATH(
+      {
+        MetricsRegistry r;
+        r.AddCallbackHistogram("h", "H.", {}, {1, 2}, [] { return Histogram::Snapshot{{1}, 0, 1}; });
+        r.Render();
+      },
+      "wrong number of buckets");
 }
 
 }  // namespace

@@ -1,0 +1,76 @@
+// DeviceCall: one call's trip through a GPU, the same for forward and backward:
+//   1. a lane (stream + events) of the GPU; waiting for one counts as queue time, and a call
+//      whose deadline passed (or that was cancelled) meanwhile stops here, uncomputed;
+//   2. one device allocation from the DeviceMemoryPool for every tensor that is not already on
+//      the device, plus the kernels' workspace (RESOURCE_EXHAUSTED naming the call if it does
+//      not fit under the cap);
+//   3. H2D copies (StagedTransfers), the kernels, D2H copies, all queued on the lane's stream,
+//      with timed events between the stages; the memory goes back to the pool, stream-ordered,
+//      as soon as the last copy is queued;
+//   4. the host drains the outputs chunk by chunk, then fills CallTimings.
+// A call whose tensors are device-resident (TensorPlacement::kDevice) copies only cu_seqlens.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "server/backends/cuda/device_memory_pool.h"
+#include "server/backends/cuda/pinned_host_pool.h"
+#include "server/backends/cuda/stream_lanes.h"
+#include "server/core/attention_problem.h"
+
+namespace attnd {
+
+// What one GPU's calls share.
+struct DeviceContext {
+  int device = 0;
+  DeviceMemoryPool* memory = nullptr;
+  PinnedHostPool* pinned = nullptr;
+  StreamLanes* lanes = nullptr;
+};
+
+class DeviceCall {
+ public:
+  DeviceCall(const DeviceContext& context, const TensorPlacement& placement)
+      : context_(context), resident_(placement.space == MemorySpace::kDevice) {}
+
+  // Tensors, in the order the kernels want them; each returns its index for device(). Inputs are
+  // read by the kernels, outputs written. `host_only`: a small host array copied for every call,
+  // resident or not (cu_seqlens).
+  int Input(const void* data, size_t bytes, bool host_only = false);
+  int Output(void* data, size_t bytes);
+  void Workspace(size_t bytes) { workspace_bytes_ = bytes; }
+
+  // Runs the call; `launch` queues the kernels on the stream, reading device(i) and workspace().
+  // `purpose` names the call in a RESOURCE_EXHAUSTED message.
+  absl::Status Run(const CallControl& control, const std::string& purpose, CallTimings* timings,
+                   absl::FunctionRef<cudaError_t(cudaStream_t)> launch);
+
+  void* device(int tensor) const { return tensors_[tensor].device; }
+  void* workspace() const { return workspace_; }
+
+ private:
+  struct Tensor {
+    const void* host_in = nullptr;  // input: where it comes from (host) ...
+    void* host_out = nullptr;       // output: where it goes (host)
+    size_t bytes = 0;
+    bool copied = false;            // lives on the host: gets device memory and a copy
+    size_t offset = 0;              // in the call's allocation, when copied
+    void* device = nullptr;
+  };
+  absl::Status Execute(StreamLane& lane, const std::string& purpose, CallTimings* timings,
+                       absl::FunctionRef<cudaError_t(cudaStream_t)> launch);
+
+  const DeviceContext context_;
+  const bool resident_;
+  std::vector<Tensor> tensors_;
+  size_t workspace_bytes_ = 0;
+  void* workspace_ = nullptr;
+};
+
+}  // namespace attnd
