@@ -99,6 +99,7 @@ absl::Status ForwardCall::Run(const CallControl& control, CallTimings* timings) 
   ForwardArgs args = call_.Args(out->data, static_cast<float*>(lse->data));
   args.control = control;
   args.timings = timings;
+  if (*device >= 0) args.placement = TensorPlacement{MemorySpace::kDevice, *device};
   if (absl::Status s = env_.backend->Forward(args); !s.ok()) return s;
   if (out_copy.data != nullptr) std::memcpy(out_copy.data, out->data, out_bytes);
   if (lse_copy.data != nullptr) std::memcpy(lse_copy.data, lse->data, lse_bytes);
@@ -195,6 +196,7 @@ absl::Status BackwardCall::Run(const CallControl& control, CallTimings* timings)
   BackwardArgs args = call_.Args(grads[0].data, grads[1].data, grads[2].data);
   args.control = control;
   args.timings = timings;
+  if (*device >= 0) args.placement = TensorPlacement{MemorySpace::kDevice, *device};
   if (absl::Status s = env_.backend->Backward(args); !s.ok()) return s;
 
   const std::vector<int64_t> q_shape =

@@ -21,6 +21,7 @@
 #include "server/service/service_metrics.h"
 #include "server/service/structured_log.h"
 #include "server/service/worker_pool.h"
+#include "server/transport/backend_host_allocator.h"
 #include "server/transport/cuda_region_hooks.h"
 #include "server/transport/host_tensor_allocator.h"
 #include "server/transport/http2_tuning.h"
@@ -103,7 +104,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   server->backend_ = std::move(backend);
   if (absl::Status s = server->StartTransports(options); !s.ok()) return s;
   TransportContext transport;
-  transport.allocator = server->allocator_.get();
+  transport.allocator = &const_cast<TensorAllocator&>(server->tensor_allocator());
   transport.regions = server->regions_.get();
   transport.resident = server->resident_.get();
   transport.backend_takes_device_memory = options.cuda_ipc;
@@ -170,6 +171,7 @@ absl::Status AttentionServer::StartTransports(const ServerOptions& options) {
                                       "resident_bytes >= 0");
   }
   allocator_ = std::make_unique<HostTensorAllocator>(options.tensor_cache_bytes);
+  if (options.backend_host_buffers) backend_allocator_ = std::make_unique<BackendHostAllocator>(backend_.get());
   cuda_hooks_ = std::make_unique<CudaRegionHooks>(MakeCudaRegionHooks());
   if (options.resident_bytes > 0) {
     ResidentStore::Options r;
@@ -190,6 +192,10 @@ absl::Status AttentionServer::StartTransports(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
+const TensorAllocator& AttentionServer::tensor_allocator() const {
+  return backend_allocator_ ? *backend_allocator_ : static_cast<const TensorAllocator&>(*allocator_);
+}
+
 std::string AttentionServer::region_socket() const { return region_socket_ ? region_socket_->path() : ""; }
 
 void AttentionServer::RegisterGauges() {
@@ -205,9 +211,10 @@ void AttentionServer::RegisterGauges() {
       .Set(static_cast<double>(kMaxQueuedCalls));
   registry_->AddCallbackGauge("attnd_calls_in_flight", "Calls received and not yet done (queued, computing, sending).",
                               {}, [service] { return static_cast<double>(service->calls_in_flight()); });
+  const TensorAllocator* tensors = &tensor_allocator();
   HostTensorAllocator* allocator = allocator_.get();
   registry_->AddCallbackGauge("attnd_tensor_buffer_bytes", "Host tensor buffers handed out (decoded requests, outputs, "
-                              "resident tensors).", {}, [allocator] { return static_cast<double>(allocator->bytes_in_use()); });
+                              "resident tensors).", {}, [tensors] { return static_cast<double>(tensors->bytes_in_use()); });
   registry_->AddCallbackGauge("attnd_tensor_buffer_cached_bytes", "Host tensor buffers kept for reuse.", {},
                               [allocator] { return static_cast<double>(allocator->bytes_cached()); });
   if (RegionRegistry* regions = regions_.get()) {

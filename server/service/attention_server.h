@@ -29,6 +29,7 @@ namespace attnd {
 
 class AccessLog;
 class HostTensorAllocator;
+class TensorAllocator;
 class RegionRegistry;
 class RegionSocket;
 class ResidentStore;
@@ -68,6 +69,9 @@ struct ServerOptions {
   // IPC regions (a backend that takes device buffers). Ignored where attnd has no CUDA.
   bool pin_shared_memory = false;
   bool cuda_ipc = false;
+  // Decode received tensors into the backend's host buffers (Backend::AllocateHostBuffer: pinned
+  // for CUDA) and let it write results there, instead of attnd's own cached heap buffers.
+  bool backend_host_buffers = false;
   // Resident tensors (ForwardRequest.keep_resident): bytes held at most; 0 turns them off.
   int64_t resident_bytes = int64_t{4} << 30;
   absl::Duration resident_ttl = absl::Seconds(60);
@@ -99,7 +103,7 @@ class AttentionServer {
   // Every series the server records; other layers may add theirs (e.g. a backend's stages).
   metrics::MetricsRegistry& metrics() { return *registry_; }
   // The transport state (tests watch it return to zero). regions()/resident() are null when off.
-  const HostTensorAllocator& tensor_allocator() const { return *allocator_; }
+  const TensorAllocator& tensor_allocator() const;
   RegionRegistry* regions() const { return regions_.get(); }
   ResidentStore* resident() const { return resident_.get(); }
   // The region socket's path, empty when off.
@@ -129,6 +133,7 @@ class AttentionServer {
   std::unique_ptr<Backend> backend_;
   // Transport state: used by calls, so it goes after the gRPC server (declared before it).
   std::unique_ptr<HostTensorAllocator> allocator_;
+  std::unique_ptr<TensorAllocator> backend_allocator_;  // options.backend_host_buffers
   std::unique_ptr<CudaRegionHooks> cuda_hooks_;
   std::unique_ptr<RegionRegistry> regions_;
   std::unique_ptr<ResidentStore> resident_;

@@ -142,7 +142,11 @@ int main(int argc, char** argv) {
     LogLine(LogLevel::kError, "bad flag").Kv("flag", "--region_socket_mode").Kv("error", "not an octal mode like 0660");
     return 2;
   }
+  // With the CUDA backend: shared memory pinned for DMA, CUDA IPC regions run in place
+  // (TensorPlacement), received tensors decoded into the backend's pinned buffers.
   options.pin_shared_memory = backend_name == "cuda";
+  options.cuda_ipc = backend_name == "cuda";
+  options.backend_host_buffers = backend_name == "cuda";
   options.resident_bytes = absl::GetFlag(FLAGS_resident_bytes);
   options.resident_ttl = absl::GetFlag(FLAGS_resident_ttl);
   options.resident_max_ttl = absl::GetFlag(FLAGS_resident_max_ttl);
