@@ -95,6 +95,8 @@ absl::Status ForwardCall::Run(const CallControl& control, CallTimings* timings) 
     lse_copy = *t;
   }
   if (absl::Status s = tensors.CheckOverlaps(); !s.ok()) return s;
+  absl::StatusOr<int> device = tensors.Device();  // -1: host memory; else every tensor is on this GPU
+  if (!device.ok()) return device.status();
 
   ForwardArgs args = call_.Args(out->data, static_cast<float*>(lse->data));
   args.control = control;
@@ -159,6 +161,7 @@ absl::Status BackwardCall::Run(const CallControl& control, CallTimings* timings)
   std::vector<std::tuple<int, const v1::Tensor*, const char*, TensorBytes*>> inputs{
       {6, &header_.grad_out(), "grad_out", &call_.grad_out}};
   if (resident_ != nullptr) {
+    tensors.AddHostTensors("resident_handle");
     const ResidentTensors& r = *resident_;
     call_.q = TensorBytes::Shared(r.q->data(), static_cast<int64_t>(r.q->size()), resident_);
     call_.k = TensorBytes::Shared(r.k->data(), static_cast<int64_t>(r.k->size()), resident_);
@@ -192,6 +195,8 @@ absl::Status BackwardCall::Run(const CallControl& control, CallTimings* timings)
     grads[i] = *std::move(t);
   }
   if (absl::Status s = tensors.CheckOverlaps(); !s.ok()) return s;
+  absl::StatusOr<int> device = tensors.Device();
+  if (!device.ok()) return device.status();
 
   BackwardArgs args = call_.Args(grads[0].data, grads[1].data, grads[2].data);
   args.control = control;

@@ -19,6 +19,7 @@ absl::StatusOr<ResolvedSpan> CallTensors::Resolve(const v1::RegionSpan& span, ab
                                                       "IPC), and this daemon's backend reads host buffers only"));
   }
   leases_.push_back(resolved->lease);
+  placements_.emplace_back(std::string(name), resolved->kind == MemoryKind::kDevice ? resolved->device : -1);
   spans_.push_back({std::string(name), span.region_id(), span.offset(), span.offset() + span.size(), output});
   return resolved;
 }
@@ -29,6 +30,10 @@ absl::StatusOr<TensorBytes> CallTensors::Input(const v1::Tensor& tensor, InlineT
     absl::StatusOr<ResolvedSpan> span = Resolve(tensor.region(), absl::StrCat(name, ".region"), /*output=*/false);
     if (!span.ok()) return span.status();
     if (!keep) return TensorBytes::Shared(span->data, static_cast<int64_t>(span->size), span->lease);
+    if (span->kind == MemoryKind::kDevice) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ".region: keep_resident takes host tensors; tensors in a "
+                                                     "GPU region (CUDA IPC) stay on your GPU between calls anyway"));
+    }
     absl::StatusOr<TensorBufferPtr> copy = context_.allocator->Allocate(span->size, name);
     if (!copy.ok()) return copy.status();
     std::memcpy((*copy)->data(), span->data, span->size);
@@ -37,6 +42,7 @@ absl::StatusOr<TensorBytes> CallTensors::Input(const v1::Tensor& tensor, InlineT
   }
   absl::StatusOr<TensorBufferPtr> taken = inline_tensors.Take(field, context_.allocator, name);
   if (!taken.ok()) return taken.status();
+  placements_.emplace_back(std::string(name), -1);
   *buffer = *taken;
   return TensorBytes::Shared((*taken)->data(), static_cast<int64_t>((*taken)->size()), *taken);
 }
@@ -51,9 +57,23 @@ absl::StatusOr<OutputTarget> CallTensors::Output(const v1::RegionSpan* region, a
   }
   absl::StatusOr<TensorBufferPtr> buffer = context_.allocator->Allocate(static_cast<size_t>(bytes), name);
   if (!buffer.ok()) return buffer.status();
+  placements_.emplace_back(std::string(name), -1);
   target.buffer = *std::move(buffer);
   target.data = target.buffer->data();
   return target;
+}
+
+absl::StatusOr<int> CallTensors::Device() const {
+  if (placements_.empty()) return -1;
+  const auto& [first_name, first] = placements_.front();
+  for (const auto& [name, device] : placements_) {
+    if (device == first) continue;
+    auto where = [](int d) { return d < 0 ? std::string("host memory") : absl::StrCat("GPU ", d, " (CUDA IPC)"); };
+    return absl::InvalidArgumentError(absl::StrCat(name, ": in ", where(device), " but ", first_name, " is in ",
+                                                   where(first), "; a call's tensors, inputs and outputs, must all "
+                                                   "be in host memory or all in GPU regions of one device"));
+  }
+  return first;
 }
 
 absl::Status CallTensors::CheckOverlaps() const {

@@ -49,8 +49,14 @@ class CallTensors {
                                     absl::string_view name, bool keep, TensorBufferPtr* buffer);
   // An output of `bytes` bytes: `region` when set (named `name` in errors), else a new buffer.
   absl::StatusOr<OutputTarget> Output(const v1::RegionSpan* region, absl::string_view name, int64_t bytes);
+  // Tensors that reach the call in host memory by another way (a resident handle's buffers).
+  void AddHostTensors(absl::string_view name) { placements_.emplace_back(std::string(name), -1); }
   // INVALID_ARGUMENT when an output span overlaps another span of the call. Call once all are known.
   absl::Status CheckOverlaps() const;
+  // Where the call's tensors are: -1 when all in host memory, else the CUDA device holding every
+  // one of them (CUDA IPC regions). A call that mixes host and device memory, or two devices, is
+  // INVALID_ARGUMENT: a backend runs a call in one memory space. Call once all are known.
+  absl::StatusOr<int> Device() const;
 
  private:
   struct Span {
@@ -62,6 +68,7 @@ class CallTensors {
 
   const TransportContext& context_;
   std::vector<Span> spans_;
+  std::vector<std::pair<std::string, int>> placements_;  // tensor -> device (-1: host)
   std::vector<std::shared_ptr<const void>> leases_;  // held until the call's tensors are dropped
 };
 

@@ -3,6 +3,7 @@
 // unregistered, or its session closed, and no call using it any more. Spans of the region are
 // then device pointers that a backend taking device buffers reads and writes in place.
 #include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
 
 #include <cstring>
@@ -14,6 +15,21 @@ namespace attnd {
 namespace {
 
 std::string CudaError(cudaError_t err) { return cudaGetErrorString(err); }
+
+// The allocation containing `p`: [*base, *base + *size). The driver entry point is found through
+// the runtime, so the daemon does not link libcuda (it loads only where a driver is installed).
+bool AllocationRange(void* p, CUdeviceptr* base, size_t* size) {
+  static PFN_cuMemGetAddressRange_v3020 get_range = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &fn, 3020, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return static_cast<PFN_cuMemGetAddressRange_v3020>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuMemGetAddressRange_v3020>(fn);
+  }();
+  return get_range != nullptr && get_range(base, size, reinterpret_cast<CUdeviceptr>(p)) == CUDA_SUCCESS;
+}
 
 class PinnedRange {
  public:
@@ -87,11 +103,11 @@ class CudaIpcImporter final : public DeviceMemoryImporter {
     // The allocation's real extent, so that no span can reach past it.
     CUdeviceptr range_base = 0;
     size_t range_size = 0;
-    const CUresult range = cuMemGetAddressRange(&range_base, &range_size, reinterpret_cast<CUdeviceptr>(base));
-    const size_t available = range == CUDA_SUCCESS ? range_size - (reinterpret_cast<CUdeviceptr>(base) - range_base) : 0;
+    const bool ranged = AllocationRange(base, &range_base, &range_size);
+    const size_t available = ranged ? range_size - (reinterpret_cast<CUdeviceptr>(base) - range_base) : 0;
     cudaSetDevice(previous);
     auto memory = std::make_unique<ImportedDeviceMemory>(base, size, device);
-    if (range != CUDA_SUCCESS || size > available) {
+    if (!ranged || size > available) {
       return absl::InvalidArgumentError(absl::StrCat("size: ", size, " bytes exceed the exported allocation's ",
                                                      available, " bytes"));  // `memory` closes the handle
     }
