@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "client/attnd/grpc_status.h"
 #include "client/attnd/wire_messages.h"
-#include "server/transport/http2_tuning.h"
 
 namespace attnd {
 namespace {
@@ -45,8 +44,6 @@ grpc::ChannelArguments ChannelArgumentsFor(const ClientOptions& options, const s
   // A channel with its own subchannel pool does not reuse another channel's connection.
   if (options.dedicated_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetUserAgentPrefix(kUserAgent);
-  // Windows and frame sizes for tensors of many MiB, the same as the daemon's.
-  for (const auto& [key, value] : Http2TuningArgs()) args.SetInt(key, value);
   for (const auto& [key, value] : options.channel_args) {
     if (const int* i = std::get_if<int>(&value)) {
       args.SetInt(key, *i);

@@ -8,15 +8,6 @@
 
 namespace attnd {
 
-v1::RegionSpan CudaMemoryRegion::Span(uint64_t offset, uint64_t size) const {
-  v1::RegionSpan span;
-  span.set_region_id(info_.region_id());
-  span.set_key(info_.key());
-  span.set_offset(offset);
-  span.set_size(size);
-  return span;
-}
-
 #ifdef ATTND_CLIENT_WITH_CUDA
 
 namespace {

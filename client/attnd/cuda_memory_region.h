@@ -25,7 +25,7 @@ class CudaMemoryRegion {
   void* device_data() const { return data_; }
   size_t size() const { return size_; }
   const v1::RegionInfo& info() const { return info_; }
-  v1::RegionSpan Span(uint64_t offset, uint64_t size) const;
+  v1::RegionSpan Span(uint64_t offset, uint64_t size) const { return SpanOf(info_, offset, size); }
   // Host <-> region copies (synchronous).
   absl::Status Write(uint64_t offset, const void* host, size_t bytes);
   absl::Status Read(uint64_t offset, void* host, size_t bytes) const;

@@ -120,10 +120,10 @@ absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> SharedMemoryRegion::Create(C
 
 SharedMemoryRegion::~SharedMemoryRegion() { munmap(data_, size_); }
 
-v1::RegionSpan SharedMemoryRegion::Span(uint64_t offset, uint64_t size) const {
+v1::RegionSpan SpanOf(const v1::RegionInfo& region, uint64_t offset, uint64_t size) {
   v1::RegionSpan span;
-  span.set_region_id(info_.region_id());
-  span.set_key(info_.key());
+  span.set_region_id(region.region_id());
+  span.set_key(region.key());
   span.set_offset(offset);
   span.set_size(size);
   return span;

@@ -22,6 +22,9 @@
 
 namespace attnd {
 
+// The bytes [offset, offset + size) of a registered region, as a request names them.
+v1::RegionSpan SpanOf(const v1::RegionInfo& region, uint64_t offset, uint64_t size);
+
 class RegionSession {
  public:
   // Connects to `socket_path` (the daemon's --region_socket).
@@ -51,7 +54,7 @@ class SharedMemoryRegion {
   size_t size() const { return size_; }
   const v1::RegionInfo& info() const { return info_; }
   // The bytes [offset, offset + size) as a request names them.
-  v1::RegionSpan Span(uint64_t offset, uint64_t size) const;
+  v1::RegionSpan Span(uint64_t offset, uint64_t size) const { return SpanOf(info_, offset, size); }
 
  private:
   SharedMemoryRegion(void* data, size_t size, v1::RegionInfo info) : data_(data), size_(size), info_(std::move(info)) {}

@@ -24,7 +24,6 @@
 #include "server/transport/backend_host_allocator.h"
 #include "server/transport/cuda_region_hooks.h"
 #include "server/transport/host_tensor_allocator.h"
-#include "server/transport/http2_tuning.h"
 #include "server/transport/region_registry.h"
 #include "server/transport/region_socket.h"
 #include "server/transport/resident_store.h"
@@ -136,8 +135,6 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   // gRPC sets SO_REUSEPORT by default, which would let a second daemon bind the same port and
   // silently split the traffic; a port in use must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  // HTTP/2 windows, frames and read sizes for tensors of many MiB (http2_tuning.h).
-  for (const auto& [key, value] : Http2TuningArgs()) builder.AddChannelArgument(key, value);
   for (const auto& [key, value] : options.channel_args) builder.AddChannelArgument(key, value);
   server->server_ = builder.BuildAndStart();
   const bool unix_socket = absl::StartsWith(options.listen, "unix:");

@@ -129,6 +129,11 @@ class AttentionService final : public AttentionServiceBase {
   void RecordCall(RpcMethod method, const AccessRecord& record, grpc::StatusCode code);
   void CallDeleted();                       // the reactor is gone: one call fewer in flight
 
+  // Answers a bookkeeping call (transport_rpcs.cc) on the gRPC thread with `body`'s status.
+  template <typename Body>
+  grpc::ServerUnaryReactor* AnswerNow(RpcMethod method, grpc::CallbackServerContext* context,
+                                      const google::protobuf::Message& request,
+                                      const google::protobuf::Message* response, Body&& body);
   // Decodes, validates and dispatches a unary Forward/Backward (Call is ForwardCall or BackwardCall).
   template <typename Call, typename Header>
   grpc::ServerUnaryReactor* UnaryAttention(RpcMethod method, const char* what, grpc::CallbackServerContext* context,

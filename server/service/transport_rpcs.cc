@@ -21,68 +21,61 @@ absl::Status NoRegions() {
 
 }  // namespace
 
+template <typename Body>
+grpc::ServerUnaryReactor* AttentionService::AnswerNow(RpcMethod method, grpc::CallbackServerContext* context,
+                                                      const google::protobuf::Message& request,
+                                                      const google::protobuf::Message* response, Body&& body) {
+  bool draining = false;  // bookkeeping is served while draining: clients clean up
+  CallReactor* reactor =
+      StartCall(method, context, static_cast<int64_t>(request.ByteSizeLong()), response, nullptr, &draining);
+  reactor->Complete(ToGrpc(std::forward<Body>(body)()));
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* AttentionService::RegisterSharedMemory(grpc::CallbackServerContext* context,
                                                                  const v1::RegisterSharedMemoryRequest* request,
                                                                  v1::RegionInfo* response) {
-  bool draining = false;
-  CallReactor* reactor = StartCall(RpcMethod::kRegisterSharedMemory, context,
-                                   static_cast<int64_t>(request->ByteSizeLong()), response, nullptr, &draining);
-  absl::Status status = NoRegions();
-  if (env_.transport.regions != nullptr) {
+  return AnswerNow(RpcMethod::kRegisterSharedMemory, context, *request, response, [&]() -> absl::Status {
+    if (env_.transport.regions == nullptr) return NoRegions();
     absl::StatusOr<RegisteredRegion> r = env_.transport.regions->RegisterSharedMemory(
         request->session(), request->fd_token(), request->size(), request->label());
-    status = r.status();
     if (r.ok()) Fill(*r, response);
-  }
-  reactor->Complete(ToGrpc(status));
-  return reactor;
+    return r.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AttentionService::RegisterCudaMemory(grpc::CallbackServerContext* context,
                                                                const v1::RegisterCudaMemoryRequest* request,
                                                                v1::RegionInfo* response) {
-  bool draining = false;
-  CallReactor* reactor = StartCall(RpcMethod::kRegisterCudaMemory, context,
-                                   static_cast<int64_t>(request->ByteSizeLong()), response, nullptr, &draining);
-  absl::Status status = NoRegions();
-  if (env_.transport.regions != nullptr) {
+  return AnswerNow(RpcMethod::kRegisterCudaMemory, context, *request, response, [&]() -> absl::Status {
+    if (env_.transport.regions == nullptr) return NoRegions();
     absl::StatusOr<RegisteredRegion> r = env_.transport.regions->RegisterCudaMemory(
         request->session(), request->ipc_handle(), request->size(), request->device(), request->label());
-    status = r.status();
     if (r.ok()) Fill(*r, response);
-  }
-  reactor->Complete(ToGrpc(status));
-  return reactor;
+    return r.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AttentionService::UnregisterRegion(grpc::CallbackServerContext* context,
                                                              const v1::UnregisterRegionRequest* request,
                                                              v1::UnregisterRegionResponse* response) {
-  bool draining = false;
-  CallReactor* reactor = StartCall(RpcMethod::kUnregisterRegion, context,
-                                   static_cast<int64_t>(request->ByteSizeLong()), response, nullptr, &draining);
-  absl::Status status = NoRegions();
-  if (env_.transport.regions != nullptr) {
-    status = env_.transport.regions->Unregister(request->region_id(), request->key());
-  }
-  reactor->Complete(ToGrpc(status));
-  return reactor;
+  return AnswerNow(RpcMethod::kUnregisterRegion, context, *request, response, [&]() -> absl::Status {
+    if (env_.transport.regions == nullptr) return NoRegions();
+    return env_.transport.regions->Unregister(request->region_id(), request->key());
+  });
 }
 
 grpc::ServerUnaryReactor* AttentionService::ReleaseResident(grpc::CallbackServerContext* context,
                                                             const v1::ReleaseResidentRequest* request,
                                                             v1::ReleaseResidentResponse* response) {
-  bool draining = false;
-  CallReactor* reactor = StartCall(RpcMethod::kReleaseResident, context,
-                                   static_cast<int64_t>(request->ByteSizeLong()), response, nullptr, &draining);
-  absl::Status status = absl::FailedPreconditionError("resident tensors are off on this daemon (--resident_bytes=0)");
-  if (env_.transport.resident != nullptr) {
+  return AnswerNow(RpcMethod::kReleaseResident, context, *request, response, [&]() -> absl::Status {
+    if (env_.transport.resident == nullptr) {
+      return absl::FailedPreconditionError("resident tensors are off on this daemon (--resident_bytes=0)");
+    }
     absl::StatusOr<int64_t> freed = env_.transport.resident->Release(request->handle(), "released by ReleaseResident");
-    status = freed.status();
     if (freed.ok()) response->set_bytes_freed(*freed);
-  }
-  reactor->Complete(ToGrpc(status));
-  return reactor;
+    return freed.status();
+  });
 }
 
 }  // namespace attnd

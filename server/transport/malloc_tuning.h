@@ -1,7 +1,7 @@
 // Heap settings for a process that moves messages of many MiB through gRPC.
 //
-// gRPC reads the socket into buffers from malloc, as large as 8 MiB with attnd's settings
-// (http2_tuning.h). glibc's defaults hand such blocks back to the kernel when they are freed
+// gRPC reads the socket into buffers from malloc, up to 4 MiB each. glibc's defaults hand such
+// blocks back to the kernel when they are freed
 // (mmap'd blocks are unmapped, a heap's free top is trimmed with madvise), so the next read lands
 // in fresh pages, and every page costs a fault: measured on loopback, faults and TLB shootdowns
 // from that churn took most of a 12 MiB call's CPU time (bench/results/2026-11-23_h100_transport.md).
