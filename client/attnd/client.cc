@@ -5,9 +5,13 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include <grpcpp/impl/codegen/client_unary_call.h>
+#include <grpcpp/impl/codegen/rpc_method.h>
+
 #include "absl/strings/str_cat.h"
 #include "client/attnd/channel_credentials.h"
 #include "client/attnd/grpc_status.h"
+#include "client/attnd/wire_messages.h"
 
 namespace attnd {
 namespace {
@@ -63,26 +67,46 @@ const char* StateName(grpc_connectivity_state state) {
   return "?";
 }
 
-// One asynchronous call: its context (in PendingCall), request, response and callback, kept alive
-// by the gRPC completion lambda until the call finishes.
-template <typename Request, typename Response>
-class AsyncCall final : public PendingCall {
+constexpr char kForwardMethod[] = "/attnd.v1.Attention/Forward";
+constexpr char kBackwardMethod[] = "/attnd.v1.Attention/Backward";
+
+absl::StatusOr<grpc::ByteBuffer> Encode(const v1::ForwardRequest& r, const ForwardBuffers& b,
+                                        std::shared_ptr<const void> owner) {
+  return EncodeForward(r, InputsOf(b), std::move(owner));
+}
+absl::StatusOr<grpc::ByteBuffer> Encode(const v1::BackwardRequest& r, const BackwardBuffers& b,
+                                        std::shared_ptr<const void> owner) {
+  return EncodeBackward(r, InputsOf(b), std::move(owner));
+}
+absl::Status Decode(const grpc::ByteBuffer& in, const ForwardBuffers& b, v1::ForwardResponse* r) {
+  return DecodeForward(in, OutputsOf(b), r);
+}
+absl::Status Decode(const grpc::ByteBuffer& in, const BackwardBuffers& b, v1::BackwardResponse* r) {
+  return DecodeBackward(in, OutputsOf(b), r);
+}
+
+// One asynchronous call: its context (in PendingCall), encoded request, received response, the
+// caller's buffers and callback, kept alive by the gRPC completion lambda until the call finishes.
+template <typename Response, typename Buffers>
+class RawAsyncCall final : public PendingCall {
  public:
-  AsyncCall(std::shared_ptr<grpc::Channel> channel, std::shared_ptr<const Request> request,
-            ResponseCallback<Response> done)
-      : channel_(std::move(channel)), request_(std::move(request)), done_(std::move(done)) {}
+  RawAsyncCall(std::shared_ptr<grpc::Channel> channel, Buffers buffers, ResponseCallback<Response> done)
+      : channel_(std::move(channel)), buffers_(buffers), done_(std::move(done)) {}
 
-  const Request* request() const { return request_.get(); }
-  Response* response() { return &response_; }
+  grpc::ByteBuffer* request() { return &request_; }
+  grpc::ByteBuffer* response() { return &response_; }
 
-  void Finish(const grpc::Status& status) {
+  void Finish(absl::Status status) {
     ResponseCallback<Response> done = std::move(done_);
-    request_.reset();  // the payload is no longer needed; free it before the callback runs
+    request_.Clear();  // the payload's slices (and the request they reference) go before the callback runs
+    Response response;
+    if (status.ok()) status = Decode(response_, buffers_, &response);
+    response_.Clear();
     if (done) {
       if (status.ok()) {
-        done(std::move(response_));
+        done(std::move(response));
       } else {
-        done(FromGrpcStatus(status));
+        done(status);
       }
     }
     MarkDone();
@@ -90,24 +114,10 @@ class AsyncCall final : public PendingCall {
 
  private:
   std::shared_ptr<grpc::Channel> channel_;  // the call must not outlive its channel
-  std::shared_ptr<const Request> request_;
-  Response response_;
+  Buffers buffers_;
+  grpc::ByteBuffer request_, response_;
   ResponseCallback<Response> done_;
 };
-
-template <typename Request, typename Response, typename StartFn>
-std::shared_ptr<PendingCall> StartAsync(std::shared_ptr<grpc::Channel> channel,
-                                        std::shared_ptr<const Request> request,
-                                        ResponseCallback<Response> done, StartFn&& prepare_and_start) {
-  auto call = std::make_shared<AsyncCall<Request, Response>>(std::move(channel), std::move(request),
-                                                             std::move(done));
-  if (call->request() == nullptr) {
-    call->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request is null"));
-    return call;
-  }
-  prepare_and_start(call.get(), [call](grpc::Status status) { call->Finish(status); });
-  return call;
-}
 
 }  // namespace
 
@@ -142,7 +152,10 @@ absl::StatusOr<std::string> ServiceConfigJson(const ClientOptions& options) {
 }
 
 Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
-    : options_(std::move(options)), channel_(std::move(channel)), stub_(v1::Attention::NewStub(channel_)) {}
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      stub_(v1::Attention::NewStub(channel_)),
+      generic_(std::make_unique<grpc::GenericStub>(channel_)) {}
 
 Client::~Client() = default;
 
@@ -183,21 +196,55 @@ void Client::Prepare(const CallOptions& call, grpc::ClientContext* context) cons
   context->set_wait_for_ready(call.wait_for_ready.value_or(options_.wait_for_ready));
 }
 
-absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& request, const CallOptions& call) {
+absl::StatusOr<v1::ServerStats> Client::GetStats(const CallOptions& call) {
   grpc::ClientContext context;
   Prepare(call, &context);
-  v1::ForwardResponse response;
-  grpc::Status status = stub_->Forward(&context, request, &response);
+  v1::ServerStats stats;
+  grpc::Status status = stub_->GetStats(&context, v1::GetStatsRequest(), &stats);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return stats;
+}
+
+absl::StatusOr<grpc::ByteBuffer> Client::RawCall(const char* method, const grpc::ByteBuffer& request,
+                                                 const CallOptions& call) {
+  grpc::ClientContext context;
+  Prepare(call, &context);
+  grpc::ByteBuffer response;
+  const grpc::internal::RpcMethod rpc(method, grpc::internal::RpcMethod::NORMAL_RPC);
+  grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+      channel_.get(), rpc, &context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
 
+absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& request, const CallOptions& call) {
+  return Forward(request, ForwardBuffers{}, call);
+}
+
 absl::StatusOr<v1::BackwardResponse> Client::Backward(const v1::BackwardRequest& request, const CallOptions& call) {
-  grpc::ClientContext context;
-  Prepare(call, &context);
+  return Backward(request, BackwardBuffers{}, call);
+}
+
+absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& request, const ForwardBuffers& buffers,
+                                                    const CallOptions& call) {
+  // The request outlives the blocking call: its strings are referenced without an owner.
+  absl::StatusOr<grpc::ByteBuffer> encoded = Encode(request, buffers, nullptr);
+  if (!encoded.ok()) return encoded.status();
+  absl::StatusOr<grpc::ByteBuffer> received = RawCall(kForwardMethod, *encoded, call);
+  if (!received.ok()) return received.status();
+  v1::ForwardResponse response;
+  if (absl::Status s = Decode(*received, buffers, &response); !s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::BackwardResponse> Client::Backward(const v1::BackwardRequest& request,
+                                                      const BackwardBuffers& buffers, const CallOptions& call) {
+  absl::StatusOr<grpc::ByteBuffer> encoded = Encode(request, buffers, nullptr);
+  if (!encoded.ok()) return encoded.status();
+  absl::StatusOr<grpc::ByteBuffer> received = RawCall(kBackwardMethod, *encoded, call);
+  if (!received.ok()) return received.status();
   v1::BackwardResponse response;
-  grpc::Status status = stub_->Backward(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
+  if (absl::Status s = Decode(*received, buffers, &response); !s.ok()) return s;
   return response;
 }
 
@@ -210,24 +257,32 @@ absl::StatusOr<v1::ServerInfo> Client::GetServerInfo(const CallOptions& call) {
   return info;
 }
 
-absl::StatusOr<v1::ServerStats> Client::GetStats(const CallOptions& call) {
-  grpc::ClientContext context;
-  Prepare(call, &context);
-  v1::ServerStats stats;
-  grpc::Status status = stub_->GetStats(&context, v1::GetStatsRequest(), &stats);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return stats;
+template <typename Request, typename Response, typename Buffers>
+std::shared_ptr<PendingCall> Client::RawAsync(const char* method, std::shared_ptr<const Request> request,
+                                              const Buffers& buffers, ResponseCallback<Response> done,
+                                              const CallOptions& call) {
+  auto async = std::make_shared<RawAsyncCall<Response, Buffers>>(channel_, buffers, std::move(done));
+  if (request == nullptr) {
+    async->Finish(absl::InvalidArgumentError("request is null"));
+    return async;
+  }
+  // The slices keep the request alive until gRPC has sent them.
+  absl::StatusOr<grpc::ByteBuffer> encoded = Encode(*request, buffers, request);
+  if (!encoded.ok()) {
+    async->Finish(encoded.status());
+    return async;
+  }
+  *async->request() = *std::move(encoded);
+  Prepare(call, async->context());
+  generic_->UnaryCall(async->context(), method, grpc::StubOptions(), async->request(), async->response(),
+                      [async](grpc::Status status) { async->Finish(FromGrpcStatus(status)); });
+  return async;
 }
 
 std::shared_ptr<PendingCall> Client::ForwardAsync(std::shared_ptr<const v1::ForwardRequest> request,
                                                   ResponseCallback<v1::ForwardResponse> done,
                                                   const CallOptions& call) {
-  return StartAsync<v1::ForwardRequest, v1::ForwardResponse>(
-      channel_, std::move(request), std::move(done), [&](auto* async_call, auto on_done) {
-        Prepare(call, async_call->context());
-        stub_->async()->Forward(async_call->context(), async_call->request(), async_call->response(),
-                                std::move(on_done));
-      });
+  return ForwardAsync(std::move(request), ForwardBuffers{}, std::move(done), call);
 }
 
 std::shared_ptr<PendingCall> Client::ForwardAsync(v1::ForwardRequest request,
@@ -236,21 +291,73 @@ std::shared_ptr<PendingCall> Client::ForwardAsync(v1::ForwardRequest request,
   return ForwardAsync(std::make_shared<const v1::ForwardRequest>(std::move(request)), std::move(done), call);
 }
 
+std::shared_ptr<PendingCall> Client::ForwardAsync(std::shared_ptr<const v1::ForwardRequest> request,
+                                                  const ForwardBuffers& buffers,
+                                                  ResponseCallback<v1::ForwardResponse> done,
+                                                  const CallOptions& call) {
+  return RawAsync<v1::ForwardRequest, v1::ForwardResponse>(kForwardMethod, std::move(request), buffers,
+                                                           std::move(done), call);
+}
+
 std::shared_ptr<PendingCall> Client::BackwardAsync(std::shared_ptr<const v1::BackwardRequest> request,
                                                    ResponseCallback<v1::BackwardResponse> done,
                                                    const CallOptions& call) {
-  return StartAsync<v1::BackwardRequest, v1::BackwardResponse>(
-      channel_, std::move(request), std::move(done), [&](auto* async_call, auto on_done) {
-        Prepare(call, async_call->context());
-        stub_->async()->Backward(async_call->context(), async_call->request(), async_call->response(),
-                                 std::move(on_done));
-      });
+  return BackwardAsync(std::move(request), BackwardBuffers{}, std::move(done), call);
 }
 
 std::shared_ptr<PendingCall> Client::BackwardAsync(v1::BackwardRequest request,
                                                    ResponseCallback<v1::BackwardResponse> done,
                                                    const CallOptions& call) {
   return BackwardAsync(std::make_shared<const v1::BackwardRequest>(std::move(request)), std::move(done), call);
+}
+
+std::shared_ptr<PendingCall> Client::BackwardAsync(std::shared_ptr<const v1::BackwardRequest> request,
+                                                   const BackwardBuffers& buffers,
+                                                   ResponseCallback<v1::BackwardResponse> done,
+                                                   const CallOptions& call) {
+  return RawAsync<v1::BackwardRequest, v1::BackwardResponse>(kBackwardMethod, std::move(request), buffers,
+                                                             std::move(done), call);
+}
+
+absl::StatusOr<v1::RegionInfo> Client::RegisterSharedMemory(const v1::RegisterSharedMemoryRequest& request,
+                                                            const CallOptions& call) {
+  grpc::ClientContext context;
+  Prepare(call, &context);
+  v1::RegionInfo info;
+  grpc::Status status = stub_->RegisterSharedMemory(&context, request, &info);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return info;
+}
+
+absl::StatusOr<v1::RegionInfo> Client::RegisterCudaMemory(const v1::RegisterCudaMemoryRequest& request,
+                                                          const CallOptions& call) {
+  grpc::ClientContext context;
+  Prepare(call, &context);
+  v1::RegionInfo info;
+  grpc::Status status = stub_->RegisterCudaMemory(&context, request, &info);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return info;
+}
+
+absl::Status Client::UnregisterRegion(const std::string& region_id, const std::string& key, const CallOptions& call) {
+  grpc::ClientContext context;
+  Prepare(call, &context);
+  v1::UnregisterRegionRequest request;
+  request.set_region_id(region_id);
+  request.set_key(key);
+  v1::UnregisterRegionResponse response;
+  return FromGrpcStatus(stub_->UnregisterRegion(&context, request, &response));
+}
+
+absl::StatusOr<int64_t> Client::ReleaseResident(const std::string& handle, const CallOptions& call) {
+  grpc::ClientContext context;
+  Prepare(call, &context);
+  v1::ReleaseResidentRequest request;
+  request.set_handle(handle);
+  v1::ReleaseResidentResponse response;
+  grpc::Status status = stub_->ReleaseResident(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response.bytes_freed();
 }
 
 }  // namespace attnd

@@ -9,6 +9,14 @@
 // A Client is thread-safe: one instance may serve many threads, and async calls may be in flight
 // from any number of them. Requests of several hundred MiB pass: message size limits are lifted
 // on the client side (the daemon's --max_request_bytes still applies).
+//
+// Tensor bytes are never copied into or out of protobuf on the way: Forward/Backward send a
+// request's tensor `data` strings, or caller buffers (ForwardBuffers / BackwardBuffers), as slices
+// over that memory, and copy a response's tensor bytes once from the received slices, into the
+// response message or straight into caller buffers. The wire is plain attnd.v1 protobuf. Tensors
+// beyond 2 GiB go through ForwardStream / BackwardStream; co-located clients can skip the socket
+// altogether with shared-memory regions (region_session.h), and a training step can keep its
+// forward's tensors in the daemon (ForwardRequest.keep_resident, then a Backward naming the handle).
 #pragma once
 
 #include <functional>
@@ -22,9 +30,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+
 #include "attnd/v1/attention.grpc.pb.h"
 #include "attnd/v1/attention.pb.h"
 #include "client/attnd/pending_call.h"
+#include "client/attnd/tensor_buffers.h"
 
 namespace grpc {
 class Channel;
@@ -129,9 +141,32 @@ class Client {
                                               const CallOptions& call = {});
   absl::StatusOr<v1::BackwardResponse> Backward(const v1::BackwardRequest& request,
                                                 const CallOptions& call = {});
+  // With caller buffers: an InputBytes replaces the tensor's bytes in the request (whose `data` must
+  // be empty); an output tensor with an OutputBytes is copied there and its `data` left empty in the
+  // returned response (DATA_LOSS if the sizes disagree).
+  absl::StatusOr<v1::ForwardResponse> Forward(const v1::ForwardRequest& request, const ForwardBuffers& buffers,
+                                              const CallOptions& call = {});
+  absl::StatusOr<v1::BackwardResponse> Backward(const v1::BackwardRequest& request, const BackwardBuffers& buffers,
+                                                const CallOptions& call = {});
   absl::StatusOr<v1::ServerInfo> GetServerInfo(const CallOptions& call = {});
   // The daemon's cumulative measurements (engine stages, batcher, GPU pools); see ServerStats.
   absl::StatusOr<v1::ServerStats> GetStats(const CallOptions& call = {});
+
+  // Streamed calls for tensors beyond 2 GiB (stream_call.h): the request's tensors go as chunks
+  // of `chunk_bytes`, from buffers or from the request's `data`.
+  absl::StatusOr<v1::ForwardResponse> ForwardStream(const v1::ForwardRequest& request, const ForwardBuffers& buffers,
+                                                    const CallOptions& call = {}, size_t chunk_bytes = 4 << 20);
+  absl::StatusOr<v1::BackwardResponse> BackwardStream(const v1::BackwardRequest& request,
+                                                      const BackwardBuffers& buffers, const CallOptions& call = {},
+                                                      size_t chunk_bytes = 4 << 20);
+
+  // Transports: regions (see region_session.h for the whole sequence) and resident handles.
+  absl::StatusOr<v1::RegionInfo> RegisterSharedMemory(const v1::RegisterSharedMemoryRequest& request,
+                                                      const CallOptions& call = {});
+  absl::StatusOr<v1::RegionInfo> RegisterCudaMemory(const v1::RegisterCudaMemoryRequest& request,
+                                                    const CallOptions& call = {});
+  absl::Status UnregisterRegion(const std::string& region_id, const std::string& key, const CallOptions& call = {});
+  absl::StatusOr<int64_t> ReleaseResident(const std::string& handle, const CallOptions& call = {});
 
   // Asynchronous calls (gRPC callback API). The call owns its context and keeps the request alive
   // until it completes; pass a shared request to send the same payload many times without copying
@@ -149,6 +184,14 @@ class Client {
   std::shared_ptr<PendingCall> BackwardAsync(v1::BackwardRequest request,
                                              ResponseCallback<v1::BackwardResponse> done,
                                              const CallOptions& call = {});
+  // With caller buffers (which must live until `done` has run).
+  std::shared_ptr<PendingCall> ForwardAsync(std::shared_ptr<const v1::ForwardRequest> request,
+                                            const ForwardBuffers& buffers, ResponseCallback<v1::ForwardResponse> done,
+                                            const CallOptions& call = {});
+  std::shared_ptr<PendingCall> BackwardAsync(std::shared_ptr<const v1::BackwardRequest> request,
+                                             const BackwardBuffers& buffers,
+                                             ResponseCallback<v1::BackwardResponse> done,
+                                             const CallOptions& call = {});
 
   // Waits up to `timeout` for the channel to be READY, connecting if it is idle.
   absl::Status WaitForReady(absl::Duration timeout);
@@ -161,10 +204,18 @@ class Client {
 
   // Sets the deadline and wait-for-ready flag of a call on its context.
   void Prepare(const CallOptions& call, grpc::ClientContext* context) const;
+  // One blocking raw call of `method` ("/attnd.v1.Attention/Forward").
+  absl::StatusOr<grpc::ByteBuffer> RawCall(const char* method, const grpc::ByteBuffer& request,
+                                           const CallOptions& call);
+  template <typename Request, typename Response, typename Buffers>
+  std::shared_ptr<PendingCall> RawAsync(const char* method, std::shared_ptr<const Request> request,
+                                        const Buffers& buffers, ResponseCallback<Response> done,
+                                        const CallOptions& call);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Attention::Stub> stub_;
+  std::unique_ptr<grpc::GenericStub> generic_;
 };
 
 }  // namespace attnd

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/attnd/client.h"
+#include "client/loadgen/payload_sender.h"
 #include "client/loadgen/response_check.h"
 
 namespace attnd::loadgen {
@@ -28,14 +29,16 @@ struct Sample {
   Clock::time_point end;
   const Payload* payload;
   absl::StatusCode code;
+  int64_t wire_bytes;
 };
 
 // Every call of the step, from every thread; reports are cut from it by time range.
 class Recorder {
  public:
-  void Add(const Payload& payload, Clock::time_point start, Clock::time_point end, const absl::Status& status) {
+  void Add(const Payload& payload, Clock::time_point start, Clock::time_point end, const absl::Status& status,
+           int64_t wire_bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    samples_.push_back({start, end, &payload, status.code()});
+    samples_.push_back({start, end, &payload, status.code(), wire_bytes});
     if (!status.ok()) examples_.emplace(absl::StatusCodeToString(status.code()), std::string(status.message()));
   }
 
@@ -48,15 +51,22 @@ class Recorder {
 
   // The calls that ended in [from, to) (or, by_start, that started at or after `from`), over
   // elapsed_s seconds (< 0: from `from` to the last of their ends). Check results are the step's.
-  LoadReport Report(Clock::time_point from, Clock::time_point to, bool by_start, double elapsed_s) const {
+  LoadReport Report(Clock::time_point from, Clock::time_point to, bool by_start, double elapsed_s,
+                    const std::vector<std::string>& workload_names) const {
     std::lock_guard<std::mutex> lock(mu_);
     LoadReport r;
     std::vector<double> latencies;
+    std::vector<std::vector<double>> by_workload(workload_names.size());
+    r.workloads.resize(workload_names.size());
+    for (size_t w = 0; w < workload_names.size(); ++w) r.workloads[w].name = workload_names[w];
     Clock::time_point last_end = from;
     for (const Sample& s : samples_) {
       if (by_start ? s.start < from : (s.end < from || s.end >= to)) continue;
       last_end = std::max(last_end, s.end);
+      WorkloadReport* w = s.payload->workload < static_cast<int>(r.workloads.size()) ? &r.workloads[s.payload->workload]
+                                                                                     : nullptr;
       if (s.code != absl::StatusCode::kOk) {
+        if (w != nullptr) ++w->errors;
         ++r.errors;
         const std::string code = absl::StatusCodeToString(s.code);
         ++r.errors_by_code[code];
@@ -66,9 +76,19 @@ class Recorder {
       ++r.ok;
       r.request_bytes += s.payload->request_bytes;
       r.response_bytes += s.payload->response_bytes;
+      r.wire_bytes += s.wire_bytes;
       r.flops += s.payload->flops;
-      latencies.push_back(std::chrono::duration<double, std::milli>(s.end - s.start).count());
+      const double ms = std::chrono::duration<double, std::milli>(s.end - s.start).count();
+      latencies.push_back(ms);
+      if (w != nullptr) {
+        ++w->ok;
+        w->request_bytes += s.payload->request_bytes;
+        w->response_bytes += s.payload->response_bytes;
+        w->wire_bytes += s.wire_bytes;
+        by_workload[s.payload->workload].push_back(ms);
+      }
     }
+    for (size_t i = 0; i < by_workload.size(); ++i) r.workloads[i].latency = Summarize(std::move(by_workload[i]));
     r.elapsed_s = elapsed_s >= 0 ? elapsed_s : std::chrono::duration<double>(last_end - from).count();
     r.latency = Summarize(std::move(latencies));
     r.checked = checked_;
@@ -89,9 +109,17 @@ class Recorder {
 
 class LoadStep {
  public:
-  LoadStep(const LoadSpec& spec, const std::vector<Payload>& payloads) : spec_(spec), payloads_(payloads) {}
+  LoadStep(const LoadSpec& spec, const std::vector<Payload>& payloads) : spec_(spec), payloads_(payloads) {
+    if (spec.workload_weights.size() > 1) {
+      double sum = 0;
+      for (double w : spec.workload_weights) cumulative_.push_back(sum += w);
+      by_workload_.resize(spec.workload_weights.size());
+      for (size_t i = 0; i < payloads.size(); ++i) by_workload_[payloads[i].workload].push_back(i);
+    }
+  }
 
-  LoadReport Run(const std::vector<std::unique_ptr<Client>>& clients, const WindowProgress& progress) {
+  LoadReport Run(const std::vector<std::unique_ptr<Client>>& clients,
+                 const std::vector<std::unique_ptr<PayloadSender>>& senders, const WindowProgress& progress) {
     start_ = Clock::now();
     measure_start_ = start_ + ToClock(spec_.warmup_s);
     end_ = measure_start_ + ToClock(spec_.duration_s);
@@ -100,13 +128,14 @@ class LoadStep {
       threads.emplace_back([&] { OpenLoop(clients); });
     } else {
       for (int i = 0; i < spec_.concurrency; ++i) {
-        threads.emplace_back([&, i] { ClosedLoop(*clients[i % clients.size()]); });
+        threads.emplace_back([&, i] { ClosedLoop(*senders[i], i); });
       }
     }
     LoadReport report;
     if (windowed()) report = MeasureWindows(progress);
     for (std::thread& t : threads) t.join();
-    if (!windowed()) report = recorder_.Report(measure_start_, Clock::time_point::max(), /*by_start=*/true, -1);
+    if (!windowed()) report = recorder_.Report(measure_start_, Clock::time_point::max(), /*by_start=*/true, -1,
+                                                  spec_.workload_names);
     return report;
   }
 
@@ -129,9 +158,9 @@ class LoadStep {
   }
 
   void Finish(const Payload& payload, Clock::time_point start, bool measured, const absl::Status& status,
-              const CheckResult* checked) {
+              const CheckResult* checked, int64_t wire_bytes = 0) {
     const Clock::time_point end = Clock::now();
-    if (measured || windowed()) recorder_.Add(payload, start, end, status);
+    if (measured || windowed()) recorder_.Add(payload, start, end, status, wire_bytes);
     if (checked != nullptr && status.ok()) recorder_.AddCheck(*checked);
   }
 
@@ -141,24 +170,30 @@ class LoadStep {
     return call;
   }
 
-  void ClosedLoop(Client& client) {
+  // The next payload: by workload weight when there are several workloads, else in rotation.
+  const Payload& Pick(std::mt19937_64& rng) {
+    if (cumulative_.empty()) return payloads_[sequence_.fetch_add(1) % payloads_.size()];
+    const double x = std::uniform_real_distribution<double>(0, cumulative_.back())(rng);
+    const int workload = static_cast<int>(std::upper_bound(cumulative_.begin(), cumulative_.end(), x) - cumulative_.begin());
+    const std::vector<size_t>& mine = by_workload_[std::min<size_t>(workload, by_workload_.size() - 1)];
+    return payloads_[mine[sequence_.fetch_add(1) % mine.size()]];
+  }
+
+  void ClosedLoop(PayloadSender& sender, int thread) {
     const CallOptions call = Call();
+    std::mt19937_64 rng(spec_.seed * 1000003 + thread);
     bool measured = false, check = false;
     while (Admit(Clock::now(), &measured, &check)) {
-      const Payload& payload = payloads_[sequence_.fetch_add(1) % payloads_.size()];
+      const Payload& payload = Pick(rng);
+      check = check && payload.direction != Direction::kTrain;
       const Clock::time_point begin = Clock::now();
+      SendResult sent = sender.Send(payload, call, check);
       CheckResult checked;
-      absl::Status status;
-      if (payload.forward) {
-        absl::StatusOr<v1::ForwardResponse> response = client.Forward(*payload.forward, call);
-        status = response.status();
-        if (check && response.ok()) checked = CheckForward(*response, *payload.expected_forward, tolerance());
-      } else {
-        absl::StatusOr<v1::BackwardResponse> response = client.Backward(*payload.backward, call);
-        status = response.status();
-        if (check && response.ok()) checked = CheckBackward(*response, *payload.expected_backward, tolerance());
+      if (check && sent.status.ok()) {
+        checked = sent.forward ? CheckForward(*sent.forward, *payload.expected_forward, tolerance())
+                               : CheckBackward(*sent.backward, *payload.expected_backward, tolerance());
       }
-      Finish(payload, begin, measured, status, check ? &checked : nullptr);
+      Finish(payload, begin, measured, sent.status, check ? &checked : nullptr, sent.wire_bytes);
     }
   }
 
@@ -226,7 +261,8 @@ class LoadStep {
     while (static_cast<int>(windows.size()) < most) {
       w_end = measure_start_ + ToClock(spec_.window_s * (windows.size() + 1));
       std::this_thread::sleep_until(w_end);
-      windows.push_back(recorder_.Report(w_end - ToClock(spec_.window_s), w_end, false, spec_.window_s));
+      windows.push_back(recorder_.Report(w_end - ToClock(spec_.window_s), w_end, false, spec_.window_s,
+                                       spec_.workload_names));
       if (progress) progress(static_cast<int>(windows.size()), windows.back());
       if (static_cast<int>(windows.size()) >= n && WindowsStable(windows, n, spec_.stability)) {
         stable = true;
@@ -239,7 +275,8 @@ class LoadStep {
     }
     cv_.notify_all();
     const int covered = stable ? n : static_cast<int>(windows.size());
-    LoadReport r = recorder_.Report(w_end - ToClock(spec_.window_s * covered), w_end, false, spec_.window_s * covered);
+    LoadReport r = recorder_.Report(w_end - ToClock(spec_.window_s * covered), w_end, false, spec_.window_s * covered,
+                                    spec_.workload_names);
     r.windows = covered;
     r.windows_run = static_cast<int>(windows.size());
     r.stable = stable;
@@ -251,6 +288,8 @@ class LoadStep {
   Clock::time_point start_, measure_start_, end_;
   std::atomic<int64_t> tickets_{0};
   std::atomic<int64_t> sequence_{0};
+  std::vector<double> cumulative_;             // workload weights, summed
+  std::vector<std::vector<size_t>> by_workload_;  // payload indices of each workload
   std::atomic<bool> stop_{false};
   std::mutex mu_;  // in_flight_ and the senders' waits
   std::condition_variable cv_;
@@ -283,6 +322,14 @@ absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Paylo
   const int connections = spec.rate > 0 ? (spec.connections > 0 ? spec.connections : 4)
                           : spec.connections > 0 ? std::min(spec.connections, spec.concurrency)
                                                  : spec.concurrency;
+  if (spec.rate > 0) {
+    for (const Payload& p : payloads) {
+      if (p.transport != Transport::kProto || p.direction == Direction::kTrain) {
+        return absl::InvalidArgumentError("open loop (--rate) sends forward or backward calls over the proto "
+                                          "transport only; use closed loop for shm, cuda_ipc and train");
+      }
+    }
+  }
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < connections; ++i) {
     ClientOptions options;
@@ -293,7 +340,15 @@ absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Paylo
     if (!client.ok()) return client.status();
     clients.push_back(std::move(*client));
   }
-  return LoadStep(spec, payloads).Run(clients, progress);
+  // Each closed-loop thread its own sender (and regions: concurrent calls never share outputs).
+  std::vector<std::unique_ptr<PayloadSender>> senders;
+  for (int i = 0; spec.rate <= 0 && i < spec.concurrency; ++i) {
+    absl::StatusOr<std::unique_ptr<PayloadSender>> sender =
+        PayloadSender::Create(*clients[i % clients.size()], payloads, spec.cuda_device);
+    if (!sender.ok()) return sender.status();
+    senders.push_back(*std::move(sender));
+  }
+  return LoadStep(spec, payloads).Run(clients, senders, progress);
 }
 
 }  // namespace attnd::loadgen

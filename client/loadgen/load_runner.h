@@ -21,6 +21,14 @@
 
 namespace attnd::loadgen {
 
+// One workload's share of a step (mixed workloads).
+struct WorkloadReport {
+  std::string name;
+  int64_t ok = 0, errors = 0;
+  int64_t request_bytes = 0, response_bytes = 0, wire_bytes = 0;
+  LatencySummary latency;
+};
+
 struct LoadReport {
   double elapsed_s = 0;         // from the end of the warm-up to the last measured answer
   int64_t ok = 0;               // measured calls that succeeded
@@ -29,6 +37,8 @@ struct LoadReport {
   std::map<std::string, std::string> error_examples;  // code -> the first message seen
   int64_t request_bytes = 0;    // tensor bytes of the successful calls' requests
   int64_t response_bytes = 0;   // and of their responses
+  int64_t wire_bytes = 0;       // protobuf message bytes the successful calls sent and received
+  std::vector<WorkloadReport> workloads;  // by workload, when there are several
   double flops = 0;             // of the successful calls
   LatencySummary latency;       // of the successful calls
   int64_t checked = 0;          // responses compared with the local CPU backend
@@ -43,6 +53,7 @@ struct LoadReport {
   double requests_per_s() const { return elapsed_s > 0 ? ok / elapsed_s : 0; }
   double payload_gb_per_s() const { return elapsed_s > 0 ? (request_bytes + response_bytes) / elapsed_s / 1e9 : 0; }
   double tflops() const { return elapsed_s > 0 ? flops / elapsed_s / 1e12 : 0; }
+  double wire_bytes_per_call() const { return ok > 0 ? static_cast<double>(wire_bytes) / ok : 0; }
 };
 
 // Connects the channels (UNAVAILABLE if the daemon cannot be reached in spec.connect_timeout_s) and

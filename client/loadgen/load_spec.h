@@ -4,12 +4,18 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "server/core/attention_problem.h"
 
 namespace attnd::loadgen {
 
-enum class Direction { kForward, kBackward };
+// kTrain: one training step per call, a Forward then its Backward (with `resident`, the Backward
+// names the Forward's handle and sends grad_out alone).
+enum class Direction { kForward, kBackward, kTrain };
+// How tensor bytes reach the daemon (server/transport): in the protobuf messages, in a shared-memory
+// region each load thread registers, or in GPU memory each thread shares by CUDA IPC.
+enum class Transport { kProto, kSharedMemory, kCudaIpc };
 enum class Arrival { kPoisson, kConstant };
 
 struct LoadSpec {
@@ -43,9 +49,17 @@ struct LoadSpec {
   bool causal = false;
   bool varlen = false;       // packed layout with random per-sequence lengths up to seqlen_q/k
   Direction direction = Direction::kForward;
+  Transport transport = Transport::kProto;
+  bool resident = false;     // kTrain: keep the forward's tensors in the daemon for the backward
 
   int payloads = 4;          // distinct random requests, rotated so no cache sees one payload twice in a row
   uint64_t seed = 1;
+
+  // Mixed workloads (--workload_file, workload_file.h): each payload belongs to one workload, and a
+  // call picks its workload with these weights. Empty: one workload, payloads in rotation.
+  std::vector<std::string> workload_names;
+  std::vector<double> workload_weights;
+  int cuda_device = 0;       // the GPU of --transport=cuda_ipc regions
 
   bool check = false;        // compare sampled responses with the local CPU backend
   int check_every = 1;       // check every Nth completed call
@@ -55,6 +69,9 @@ struct LoadSpec {
   int resolved_seqlen_k() const { return seqlen_k > 0 ? seqlen_k : seqlen_q; }
   int resolved_heads_kv() const { return heads_kv > 0 ? heads_kv : heads_q; }
 };
+
+const char* TransportName(Transport t);  // "proto", "shm", "cuda_ipc"
+const char* DirectionName(Direction d);  // "forward", "backward", "train"
 
 // Relative L2 error allowed by --check per dtype: bf16 2e-2, fp16 5e-3, fp32 1e-3. Loose enough
 // for any correct kernel's rounding (GPU kernels accumulate in FP32 in a different order), tight

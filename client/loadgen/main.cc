@@ -36,7 +36,9 @@
 #include "client/loadgen/payloads.h"
 #include "client/loadgen/report.h"
 #include "client/loadgen/server_breakdown.h"
+#include "client/loadgen/workload_file.h"
 #include "server/backend.h"
+#include "server/transport/malloc_tuning.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:7100", "attnd address (host:port or any gRPC target)");
 ABSL_FLAG(std::string, concurrency, "1", "closed-loop clients, each keeping one call in flight; a list "
@@ -68,7 +70,14 @@ ABSL_FLAG(int, head_dim, 128, "head dimension");
 ABSL_FLAG(std::string, dtype, "bf16", "bf16, fp16 or fp32");
 ABSL_FLAG(bool, causal, false, "causal mask (bottom-right aligned)");
 ABSL_FLAG(bool, varlen, false, "packed variable-length layout with random sequence lengths");
-ABSL_FLAG(std::string, direction, "forward", "forward or backward");
+ABSL_FLAG(std::string, direction, "forward", "forward, backward, or train (a forward then its backward per call)");
+ABSL_FLAG(std::string, transport, "proto", "how tensors reach the daemon: proto (in the messages), shm (a shared-memory "
+          "region per client thread; daemon with --region_socket), cuda_ipc (GPU memory shared by CUDA IPC)");
+ABSL_FLAG(bool, resident, false, "with --direction=train: the forward keeps its tensors in the daemon and the backward "
+          "sends grad_out alone (a resident handle)");
+ABSL_FLAG(std::string, workload_file, "", "mixed workloads: one per line, key=value (shape, dtype, causal, direction, "
+          "transport, resident, weight; see client/loadgen/workload_file.h)");
+ABSL_FLAG(int, cuda_device, 0, "GPU of the --transport=cuda_ipc regions");
 ABSL_FLAG(int, payloads, 4, "distinct random requests to rotate through");
 ABSL_FLAG(uint64_t, seed, 1, "random seed of the payloads");
 ABSL_FLAG(bool, check, false, "verify sampled responses against the local CPU backend");
@@ -130,13 +139,16 @@ absl::StatusOr<LoadSpec> SpecFromFlags() {
   absl::StatusOr<DType> dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
   s.dtype = *dtype;
-  const std::string direction = absl::GetFlag(FLAGS_direction);
-  if (direction == "forward") {
-    s.direction = Direction::kForward;
-  } else if (direction == "backward") {
-    s.direction = Direction::kBackward;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("--direction must be forward or backward, got '", direction, "'"));
+  absl::StatusOr<Direction> direction = ParseDirection(absl::GetFlag(FLAGS_direction));
+  if (!direction.ok()) return absl::InvalidArgumentError(absl::StrCat("--direction: ", direction.status().message()));
+  s.direction = *direction;
+  absl::StatusOr<Transport> transport = ParseTransport(absl::GetFlag(FLAGS_transport));
+  if (!transport.ok()) return absl::InvalidArgumentError(absl::StrCat("--transport: ", transport.status().message()));
+  s.transport = *transport;
+  s.resident = absl::GetFlag(FLAGS_resident);
+  s.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  if (s.resident && s.direction != Direction::kTrain) {
+    return absl::InvalidArgumentError("--resident needs --direction=train (a forward and the backward of it)");
   }
 
   for (auto [flag, value] : {std::pair<const char*, int64_t>{"batch", s.batch},
@@ -220,6 +232,29 @@ absl::StatusOr<v1::ServerStats> FetchServerStats(const LoadSpec& spec) {
   return (*client)->GetStats(call);
 }
 
+// The payloads of every workload (--workload_file), or of the command line's one.
+absl::StatusOr<std::vector<Payload>> BuildAllPayloads(LoadSpec* spec) {
+  const std::string file = absl::GetFlag(FLAGS_workload_file);
+  if (file.empty()) return BuildPayloads(*spec);
+  absl::StatusOr<std::vector<Workload>> workloads = ReadWorkloadFile(file, *spec);
+  if (!workloads.ok()) return workloads.status();
+  std::vector<Payload> all;
+  for (size_t i = 0; i < workloads->size(); ++i) {
+    const Workload& w = (*workloads)[i];
+    absl::StatusOr<std::vector<Payload>> payloads = BuildPayloads(w.spec);
+    if (!payloads.ok()) {
+      return absl::Status(payloads.status().code(), absl::StrCat("workload ", w.name, ": ", payloads.status().message()));
+    }
+    for (Payload& p : *payloads) {
+      p.workload = static_cast<int>(i);
+      all.push_back(std::move(p));
+    }
+    spec->workload_names.push_back(w.name);
+    spec->workload_weights.push_back(w.weight);
+  }
+  return all;
+}
+
 std::string StepName(const LoadSpec& s) {
   return s.rate > 0 ? absl::StrCat("rate ", s.rate, "/s") : absl::StrCat("concurrency ", s.concurrency);
 }
@@ -237,7 +272,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "attn_loadgen: %s\n", std::string(spec.status().message()).c_str());
     return 2;
   }
-  absl::StatusOr<std::vector<Payload>> payloads = BuildPayloads(*spec);
+  absl::StatusOr<std::vector<Payload>> payloads = BuildAllPayloads(&*spec);
   if (!payloads.ok()) {
     std::fprintf(stderr, "attn_loadgen: building payloads: %s\n", payloads.status().ToString().c_str());
     return 2;
@@ -312,4 +347,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace attnd::loadgen
 
-int main(int argc, char** argv) { return attnd::loadgen::Main(argc, argv); }
+int main(int argc, char** argv) {
+  attnd::TuneMallocForLargeMessages();  // as the daemon does: large messages reuse warm heap pages
+  return attnd::loadgen::Main(argc, argv);
+}

@@ -10,6 +10,24 @@
 
 namespace attnd::loadgen {
 
+const char* TransportName(Transport t) {
+  switch (t) {
+    case Transport::kProto: return "proto";
+    case Transport::kSharedMemory: return "shm";
+    case Transport::kCudaIpc: return "cuda_ipc";
+  }
+  return "?";
+}
+
+const char* DirectionName(Direction d) {
+  switch (d) {
+    case Direction::kForward: return "forward";
+    case Direction::kBackward: return "backward";
+    case Direction::kTrain: return "train";
+  }
+  return "?";
+}
+
 double DefaultTolerance(DType dtype) {
   switch (dtype) {
     case DType::kBF16: return 2e-2;
@@ -49,6 +67,7 @@ double Flops(const AttentionShape& s, const LoadSpec& spec) {
   double flops = 4 * pairs * s.heads_q * s.head_dim;
   if (spec.causal) flops /= 2;
   if (spec.direction == Direction::kBackward) flops *= 2.5;
+  if (spec.direction == Direction::kTrain) flops *= 3.5;  // forward + backward
   return flops;
 }
 
@@ -82,6 +101,9 @@ std::string LseBytes(const std::vector<float>& lse) { return EncodeFloats(DType:
 
 absl::StatusOr<Payload> BuildOne(const LoadSpec& spec, Backend* backend, std::mt19937_64& rng) {
   Payload p;
+  p.direction = spec.direction;
+  p.transport = spec.transport;
+  p.resident = spec.resident;
   p.shape = RandomShape(spec, rng);
   const AttentionShape& shape = p.shape;
   const DType dtype = spec.dtype;
@@ -99,6 +121,36 @@ absl::StatusOr<Payload> BuildOne(const LoadSpec& spec, Backend* backend, std::mt
   std::string v = RandomBytes(shape.kv_elements(), dtype, rng);
   p.flops = Flops(shape, spec);
   const v1::AttentionParams params = MakeParams(shape, wire_options);
+
+  if (spec.direction == Direction::kTrain) {
+    // A Forward and the Backward of it. Its out/lse come from the local CPU backend; the daemon's
+    // own forward result agrees within rounding, and the backward uses its own (resident) or these.
+    auto forward = std::make_shared<v1::ForwardRequest>();
+    std::string out;
+    std::vector<float> lse;
+    if (absl::Status s = LocalForward(*backend, shape, local_options, dtype, q, k, v, &out, &lse); !s.ok()) return s;
+    std::string grad_out = RandomBytes(shape.q_elements(), dtype, rng);
+    *forward->mutable_q() = Wrap(dtype, WireQShape(shape), q);
+    *forward->mutable_k() = Wrap(dtype, WireKVShape(shape), k);
+    *forward->mutable_v() = Wrap(dtype, WireKVShape(shape), v);
+    *forward->mutable_params() = params;
+    auto backward = std::make_shared<v1::BackwardRequest>();
+    *backward->mutable_q() = Wrap(dtype, WireQShape(shape), std::move(q));
+    *backward->mutable_k() = Wrap(dtype, WireKVShape(shape), std::move(k));
+    *backward->mutable_v() = Wrap(dtype, WireKVShape(shape), std::move(v));
+    *backward->mutable_out() = Wrap(dtype, WireQShape(shape), std::move(out));
+    *backward->mutable_lse() = Wrap(DType::kFP32, WireLseShape(shape), LseBytes(lse));
+    *backward->mutable_grad_out() = Wrap(dtype, WireQShape(shape), std::move(grad_out));
+    *backward->mutable_params() = params;
+    // Logical tensor bytes of the step; what crosses the wire is measured per call.
+    const int64_t q_bytes = shape.q_elements() * ElementSize(dtype);
+    const int64_t kv_bytes = shape.kv_elements() * ElementSize(dtype);
+    p.request_bytes = PayloadBytes(*forward) + (spec.resident ? q_bytes : PayloadBytes(*backward));
+    p.response_bytes = q_bytes + shape.lse_elements() * 4 + q_bytes + 2 * kv_bytes;
+    p.forward = std::move(forward);
+    p.backward = std::move(backward);
+    return p;
+  }
 
   if (spec.direction == Direction::kForward) {
     auto request = std::make_shared<v1::ForwardRequest>();
@@ -168,7 +220,7 @@ absl::StatusOr<Payload> BuildOne(const LoadSpec& spec, Backend* backend, std::mt
 
 absl::StatusOr<std::vector<Payload>> BuildPayloads(const LoadSpec& spec) {
   std::unique_ptr<Backend> backend;
-  if (spec.check || spec.direction == Direction::kBackward) {
+  if (spec.check || spec.direction != Direction::kForward) {
     BackendOptions options;
     options.cpu_threads = spec.check_threads;
     absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateBackend("cpu", options);

@@ -15,13 +15,18 @@ namespace attnd::loadgen {
 
 struct Payload {
   AttentionShape shape;
-  std::shared_ptr<const v1::ForwardRequest> forward;    // set when the direction is forward
-  std::shared_ptr<const v1::BackwardRequest> backward;  // set when the direction is backward
+  std::shared_ptr<const v1::ForwardRequest> forward;    // set when the direction is forward or train
+  std::shared_ptr<const v1::BackwardRequest> backward;  // set when the direction is backward or train
   std::optional<v1::ForwardResponse> expected_forward;  // with --check
   std::optional<v1::BackwardResponse> expected_backward;
   int64_t request_bytes = 0;   // tensor bytes sent
   int64_t response_bytes = 0;  // tensor bytes a correct response carries
   double flops = 0;            // 4*Nq*Nk*H*d per sequence forward, half when causal; 2.5x backward
+  // How it is sent (mixed workloads give each payload its own), and its workload's name.
+  Direction direction = Direction::kForward;
+  Transport transport = Transport::kProto;
+  bool resident = false;
+  int workload = 0;
 };
 
 // Builds spec.payloads payloads with fresh normal random q/k/v (and grad_out). A backward payload's

@@ -8,8 +8,6 @@
 namespace attnd::loadgen {
 namespace {
 
-const char* DirectionName(Direction d) { return d == Direction::kForward ? "forward" : "backward"; }
-
 absl::string_view Name(DType dtype) {
   const std::string_view name = DTypeName(dtype);
   return absl::string_view(name.data(), name.size());
@@ -98,7 +96,7 @@ std::string FormatCsv(const std::vector<StepResult>& steps) {
       "mode,concurrency,rate,arrival,direction,dtype,batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim,causal,"
       "elapsed_s,windows,stable,requests,ok,errors,requests_per_s,payload_gb_per_s,tflops,p50_ms,p90_ms,p95_ms,"
       "p99_ms,max_ms,mean_ms,errors_by_code,server_queue_ms,server_h2d_ms,server_kernel_ms,server_d2h_ms,"
-      "server_other_ms,server_engine_ms,server_total_ms,requests_per_launch\n";
+      "server_other_ms,server_engine_ms,server_total_ms,requests_per_launch,transport,resident,wire_bytes_per_call\n";
   for (const StepResult& step : steps) {
     const LoadSpec& s = step.spec;
     const LoadReport& r = step.report;
@@ -110,10 +108,11 @@ std::string FormatCsv(const std::vector<StepResult>& steps) {
                           r.payload_gb_per_s(), r.tflops(), r.latency.p50_ms, r.latency.p90_ms, r.latency.p95_ms,
                           r.latency.p99_ms, r.latency.max_ms, r.latency.mean_ms, ErrorsCell(r, ";"));
     const ServerBreakdown& b = r.server;  // empty cells when the daemon gave no GetStats
-    absl::StrAppend(&out, b.available ? absl::StrFormat(",%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", b.queue_ms,
+    absl::StrAppend(&out, b.available ? absl::StrFormat(",%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g", b.queue_ms,
                                                         b.h2d_ms, b.kernel_ms, b.d2h_ms, b.other_ms, b.engine_ms,
                                                         b.server_total_ms, b.requests_per_launch)
-                                      : ",,,,,,,,\n");
+                                      : ",,,,,,,,");
+    absl::StrAppendFormat(&out, ",%s,%d,%.6g\n", TransportName(s.transport), s.resident, r.wire_bytes_per_call());
   }
   return out;
 }
@@ -132,9 +131,17 @@ std::string FormatText(const LoadSpec& spec, const LoadReport& r) {
   absl::StrAppendFormat(&out, "throughput  %.1f requests/s, %.3f GB/s payload (%.3f up, %.3f down), %.3f TFLOP/s\n",
                         r.requests_per_s(), r.payload_gb_per_s(), r.elapsed_s > 0 ? r.request_bytes / r.elapsed_s / 1e9 : 0,
                         r.elapsed_s > 0 ? r.response_bytes / r.elapsed_s / 1e9 : 0, r.tflops());
+  absl::StrAppendFormat(&out, "transport   %s%s, %.0f wire bytes per call (protobuf messages, both ways)\n",
+                        TransportName(spec.transport), spec.resident ? " + resident handles" : "",
+                        r.wire_bytes_per_call());
   absl::StrAppendFormat(&out, "latency ms  p50 %.3f  p90 %.3f  p95 %.3f  p99 %.3f  max %.3f  (mean %.3f, min %.3f)\n",
                         r.latency.p50_ms, r.latency.p90_ms, r.latency.p95_ms, r.latency.p99_ms, r.latency.max_ms, r.latency.mean_ms,
                         r.latency.min_ms);
+  for (const WorkloadReport& w : r.workloads) {
+    absl::StrAppendFormat(&out, "workload    %-12s %8d ok %5d errors  %9.1f req/s  p50 %.3f  p99 %.3f ms  %.0f wire B/call\n",
+                          w.name, w.ok, w.errors, r.elapsed_s > 0 ? w.ok / r.elapsed_s : 0, w.latency.p50_ms,
+                          w.latency.p99_ms, w.ok > 0 ? static_cast<double>(w.wire_bytes) / w.ok : 0);
+  }
   for (const auto& [code, n] : r.errors_by_code) {
     absl::StrAppendFormat(&out, "error       %s x%d: %s\n", code, n, r.error_examples.at(code));
   }
@@ -179,6 +186,18 @@ std::string FormatJson(const LoadSpec& spec, const LoadReport& r) {
                   JsonNumber(r.latency.p90_ms), ",\"p95\":", JsonNumber(r.latency.p95_ms), ",\"p99\":", JsonNumber(r.latency.p99_ms), ",\"max\":",
                   JsonNumber(r.latency.max_ms), ",\"mean\":", JsonNumber(r.latency.mean_ms), ",\"min\":",
                   JsonNumber(r.latency.min_ms), "}");
+  absl::StrAppend(&out, ",\"transport\":\"", TransportName(spec.transport), "\",\"resident\":",
+                  spec.resident ? "true" : "false", ",\"wire_bytes\":", r.wire_bytes,
+                  ",\"wire_bytes_per_call\":", JsonNumber(r.wire_bytes_per_call()), ",\"workloads\":[");
+  for (size_t i = 0; i < r.workloads.size(); ++i) {
+    const WorkloadReport& w = r.workloads[i];
+    absl::StrAppend(&out, i ? "," : "", "{\"name\":", JsonString(w.name), ",\"ok\":", w.ok, ",\"errors\":", w.errors,
+                    ",\"requests_per_s\":", JsonNumber(r.elapsed_s > 0 ? w.ok / r.elapsed_s : 0),
+                    ",\"request_bytes\":", w.request_bytes, ",\"response_bytes\":", w.response_bytes,
+                    ",\"wire_bytes\":", w.wire_bytes, ",\"p50_ms\":", JsonNumber(w.latency.p50_ms),
+                    ",\"p99_ms\":", JsonNumber(w.latency.p99_ms), "}");
+  }
+  absl::StrAppend(&out, "]");
   absl::StrAppend(&out, ",\"check\":", spec.check ? "true" : "false", ",\"checked\":", r.checked,
                   ",\"mismatches\":", r.mismatches, ",\"max_rel_l2\":", JsonNumber(r.max_rel_l2),
                   ",\"first_mismatch\":", JsonString(r.first_mismatch));

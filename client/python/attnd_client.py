@@ -9,6 +9,7 @@
         out, lse = await aclient.forward(q, k, v, causal=True)   # grpc.aio, same arguments
 
 Torch tensors and autograd: attnd_torch.py (RemoteAttention, remote_scaled_dot_product_attention).
+Shared memory with a co-located daemon (no tensor bytes on the socket): attnd_shm.py.
 
 Nothing here is generated into the source tree: generate_stubs() runs grpc_tools.protoc on
 proto/attnd/v1/attention.proto into a directory the caller names (a build directory) and imports

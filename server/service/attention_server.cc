@@ -25,6 +25,12 @@
 #include "server/service/service_metrics.h"
 #include "server/service/structured_log.h"
 #include "server/service/worker_pool.h"
+#include "server/transport/backend_host_allocator.h"
+#include "server/transport/cuda_region_hooks.h"
+#include "server/transport/host_tensor_allocator.h"
+#include "server/transport/region_registry.h"
+#include "server/transport/region_socket.h"
+#include "server/transport/resident_store.h"
 
 namespace attnd {
 namespace {
@@ -146,10 +152,20 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
     server->access_log_ = *std::move(log);
   }
   server->backend_ = std::move(backend);
+  if (absl::Status s = server->StartTransports(options); !s.ok()) return s;
+  TransportContext transport;
+  transport.allocator = &const_cast<TensorAllocator&>(server->tensor_allocator());
+  transport.regions = server->regions_.get();
+  transport.resident = server->resident_.get();
+  transport.backend_takes_device_memory = options.cuda_ipc;
+  TransportSettings settings;
+  settings.region_socket = options.region_socket;
+  settings.max_stream_request_bytes = options.max_stream_request_bytes;
+  settings.stream_chunk_bytes = options.stream_chunk_bytes;
   server->pool_ = std::make_unique<WorkerPool>(options.worker_threads, options.max_queued_calls);
   server->service_ = std::make_unique<AttentionService>(server->backend_.get(), server->pool_.get(), limits,
-                                                        AvailableBackends(), server->service_metrics_.get(),
-                                                        server->access_log_.get());
+                                                        AvailableBackends(), transport, settings,
+                                                        server->service_metrics_.get(), server->access_log_.get());
   server->RegisterGauges(options.max_queued_calls);
   server->tokens_ = security->tokens;
   if (server->tokens_ != nullptr) {
@@ -183,6 +199,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   if (options.max_concurrent_streams > 0) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
   }
+  for (const auto& [key, value] : options.channel_args) builder.AddChannelArgument(key, value);
   server->server_ = builder.BuildAndStart();
   const bool unix_socket = absl::StartsWith(options.listen, "unix:");
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {
@@ -241,6 +258,39 @@ absl::StatusOr<int> AttentionServer::ReloadAuthTokens() {
   return tokens_->Reload();
 }
 
+absl::Status AttentionServer::StartTransports(const ServerOptions& options) {
+  if (options.max_stream_request_bytes <= 0 || options.stream_chunk_bytes <= 0 || options.resident_bytes < 0) {
+    return absl::InvalidArgumentError("max_stream_request_bytes and stream_chunk_bytes must be positive, "
+                                      "resident_bytes >= 0");
+  }
+  allocator_ = std::make_unique<HostTensorAllocator>(options.tensor_cache_bytes);
+  if (options.backend_host_buffers) backend_allocator_ = std::make_unique<BackendHostAllocator>(backend_.get());
+  cuda_hooks_ = std::make_unique<CudaRegionHooks>(MakeCudaRegionHooks());
+  if (options.resident_bytes > 0) {
+    ResidentStore::Options r;
+    r.capacity_bytes = options.resident_bytes;
+    r.default_ttl = options.resident_ttl;
+    r.max_ttl = std::max(options.resident_max_ttl, options.resident_ttl);
+    resident_ = std::make_unique<ResidentStore>(r);
+  }
+  if (!options.region_socket.empty()) {
+    regions_ = std::make_unique<RegionRegistry>(RegionRegistry::Limits{},
+                                                options.pin_shared_memory ? cuda_hooks_->pinner.get() : nullptr,
+                                                options.cuda_ipc ? cuda_hooks_->importer.get() : nullptr);
+    absl::StatusOr<std::unique_ptr<RegionSocket>> socket =
+        RegionSocket::Start(options.region_socket, options.region_socket_mode, regions_.get());
+    if (!socket.ok()) return socket.status();
+    region_socket_ = *std::move(socket);
+  }
+  return absl::OkStatus();
+}
+
+const TensorAllocator& AttentionServer::tensor_allocator() const {
+  return backend_allocator_ ? *backend_allocator_ : static_cast<const TensorAllocator&>(*allocator_);
+}
+
+std::string AttentionServer::region_socket() const { return region_socket_ ? region_socket_->path() : ""; }
+
 void AttentionServer::RegisterGauges(size_t max_queued_calls) {
   WorkerPool* pool = pool_.get();
   AttentionService* service = service_.get();
@@ -264,6 +314,26 @@ void AttentionServer::RegisterGauges(size_t max_queued_calls) {
                                 const struct mallinfo2 m = mallinfo2();
                                 return static_cast<double>(m.uordblks + m.hblkhd);
                               });
+  const TensorAllocator* tensors = &tensor_allocator();
+  HostTensorAllocator* allocator = allocator_.get();
+  registry_->AddCallbackGauge("attnd_tensor_buffer_bytes", "Host tensor buffers handed out (decoded requests, outputs, "
+                              "resident tensors).", {}, [tensors] { return static_cast<double>(tensors->bytes_in_use()); });
+  registry_->AddCallbackGauge("attnd_tensor_buffer_cached_bytes", "Host tensor buffers kept for reuse.", {},
+                              [allocator] { return static_cast<double>(allocator->bytes_cached()); });
+  if (RegionRegistry* regions = regions_.get()) {
+    registry_->AddCallbackGauge("attnd_region_sessions", "Open sessions on the region socket.", {},
+                                [regions] { return static_cast<double>(regions->sessions()); });
+    registry_->AddCallbackGauge("attnd_regions", "Shared-memory / CUDA IPC regions mapped.", {},
+                                [regions] { return static_cast<double>(regions->regions()); });
+    registry_->AddCallbackGauge("attnd_region_bytes", "Bytes of the regions mapped.", {},
+                                [regions] { return static_cast<double>(regions->mapped_bytes()); });
+  }
+  if (ResidentStore* resident = resident_.get()) {
+    registry_->AddCallbackGauge("attnd_resident_handles", "Resident handles held.", {},
+                                [resident] { return static_cast<double>(resident->handles()); });
+    registry_->AddCallbackGauge("attnd_resident_bytes", "Bytes of resident tensors held.", {},
+                                [resident] { return static_cast<double>(resident->bytes()); });
+  }
   registry_->GetGauge("attnd_build_info", "Always 1; the labels tell the version and the backend.",
                       {{"backend", std::string(backend_->name())}, {"version", AttndVersion()}})
       .Set(1);

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -31,6 +33,12 @@ class Server;
 namespace attnd {
 
 class AccessLog;
+class HostTensorAllocator;
+class TensorAllocator;
+class RegionRegistry;
+class RegionSocket;
+class ResidentStore;
+struct CudaRegionHooks;
 class AttentionService;
 class ServiceMetrics;
 class WorkerPool;
@@ -73,6 +81,31 @@ struct ServerOptions {
   std::string metrics_listen;
   // One line per finished call: a file appended to, "-" for stderr, empty for none.
   std::string access_log;
+
+  // Transports (server/transport; docs/ARCHITECTURE.md "Transports").
+  // Unix socket for co-located clients' shared-memory / CUDA IPC sessions; empty: off.
+  std::string region_socket;
+  int region_socket_mode = 0660;  // who may connect (the socket file's permissions)
+  // Register shared-memory regions with the GPU driver for DMA (a CUDA backend), and accept CUDA
+  // IPC regions (a backend that takes device buffers). Ignored where attnd has no CUDA.
+  bool pin_shared_memory = false;
+  bool cuda_ipc = false;
+  // Decode received tensors into the backend's host buffers (Backend::AllocateHostBuffer: pinned
+  // for CUDA) and let it write results there, instead of attnd's own cached heap buffers.
+  bool backend_host_buffers = false;
+  // Resident tensors (ForwardRequest.keep_resident): bytes held at most; 0 turns them off.
+  int64_t resident_bytes = int64_t{4} << 30;
+  absl::Duration resident_ttl = absl::Seconds(60);
+  absl::Duration resident_max_ttl = absl::Minutes(10);
+  // Largest request of ForwardStream / BackwardStream (their tensors are not held to 2 GiB).
+  int64_t max_stream_request_bytes = int64_t{16} << 30;
+  int64_t stream_chunk_bytes = int64_t{4} << 20;
+  // Host tensor buffers kept for reuse (HostTensorAllocator's cache).
+  int64_t tensor_cache_bytes = int64_t{2} << 30;
+  // Further gRPC channel arguments ("grpc.*" keys). attnd sets none of HTTP/2's windows, frame or
+  // read sizes: on the H100 host, gRPC's defaults moved 12-192 MiB requests 6-29% faster than
+  // 64 MiB windows, 16 MiB frames and 1-8 MiB reads (bench/results/2026-11-23_h100_transport.md).
+  std::vector<std::pair<std::string, int>> channel_args;
 };
 
 class AttentionServer {
@@ -96,6 +129,12 @@ class AttentionServer {
   absl::StatusOr<int> ReloadAuthTokens();
   // Every series the server records; other layers may add theirs (e.g. a backend's stages).
   metrics::MetricsRegistry& metrics() { return *registry_; }
+  // The transport state (tests watch it return to zero). regions()/resident() are null when off.
+  const TensorAllocator& tensor_allocator() const;
+  RegionRegistry* regions() const { return regions_.get(); }
+  ResidentStore* resident() const { return resident_.get(); }
+  // The region socket's path, empty when off.
+  std::string region_socket() const;
 
   // Stops accepting new calls (UNAVAILABLE, NOT_SERVING); in-flight calls finish until `grace`
   // passes, then every connection is closed (a call still open ends UNAVAILABLE for its client,
@@ -116,6 +155,7 @@ class AttentionServer {
   void CloseConnectionsAndStop();
   // grpc.health.v1 status of every service, on the main and the health-only listener.
   void SetServing(bool serving);
+  absl::Status StartTransports(const ServerOptions& options);  // allocator, regions, resident store
 
   enum class State { kStarting, kRunning, kDraining, kStopped };
 
@@ -124,6 +164,13 @@ class AttentionServer {
   std::unique_ptr<ServiceMetrics> service_metrics_;
   std::unique_ptr<AccessLog> access_log_;
   std::unique_ptr<Backend> backend_;
+  // Transport state: used by calls, so it goes after the gRPC server (declared before it).
+  std::unique_ptr<HostTensorAllocator> allocator_;
+  std::unique_ptr<TensorAllocator> backend_allocator_;  // options.backend_host_buffers
+  std::unique_ptr<CudaRegionHooks> cuda_hooks_;
+  std::unique_ptr<RegionRegistry> regions_;
+  std::unique_ptr<ResidentStore> resident_;
+  std::unique_ptr<RegionSocket> region_socket_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<AttentionService> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -38,6 +38,7 @@
 #include "server/service/attention_service.h"
 #include "server/service/grpc_log.h"
 #include "server/service/structured_log.h"
+#include "server/transport/malloc_tuning.h"
 
 // Loopback by default: without --tls_cert and --auth_tokens_file attnd authenticates no one, so
 // serving other hosts is an explicit choice (--listen=0.0.0.0:50051, as the container does).
@@ -75,6 +76,17 @@ ABSL_FLAG(int, max_concurrent_streams, attnd::kDefaultMaxConcurrentStreams,
           "calls in flight per client connection; a client queues more on its side until one finishes. 0: no limit");
 ABSL_FLAG(int64_t, max_queued_calls, static_cast<int64_t>(attnd::kMaxQueuedCalls),
           "validated calls waiting for a worker; one more gets RESOURCE_EXHAUSTED (\"server busy\")");
+// Transports (docs/ARCHITECTURE.md "Transports").
+ABSL_FLAG(std::string, region_socket, "",
+          "Unix socket path for co-located clients' shared-memory (and CUDA IPC) sessions; empty: off");
+ABSL_FLAG(std::string, region_socket_mode, "0660", "permissions of the region socket file (octal): who may connect");
+ABSL_FLAG(int64_t, resident_bytes, int64_t{4} << 30,
+          "most bytes of resident tensors (ForwardRequest.keep_resident) held at once; 0: resident tensors off");
+ABSL_FLAG(absl::Duration, resident_ttl, absl::Seconds(60), "default lifetime of a resident handle");
+ABSL_FLAG(absl::Duration, resident_max_ttl, absl::Minutes(10), "longest lifetime a client may ask for");
+ABSL_FLAG(int64_t, max_stream_request_bytes, int64_t{16} << 30,
+          "largest request of ForwardStream / BackwardStream (tensors beyond the unary 2 GiB limit)");
+ABSL_FLAG(int64_t, tensor_cache_bytes, int64_t{2} << 30, "host tensor buffers kept for reuse between calls");
 
 namespace {
 
@@ -110,11 +122,17 @@ void ReloadTokensOnSighup(const sigset_t& signals, attnd::AttentionServer* serve
       }
     }).detach();
   });
+// "0660" -> 0660. False for anything that is not 1 to 4 octal digits.
+bool ParseOctal(const std::string& text, int* mode) {
+  if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != std::string::npos) return false;
+  *mode = std::stoi(text, nullptr, 8);
+  return true;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  attnd::TuneMallocForLargeMessages();
   absl::FlagsUsageConfig usage;
   // --help lists this file's flags (absl's default looks for a file named after the program).
   usage.contains_help_flags = [](absl::string_view file) {
@@ -185,6 +203,21 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.max_queued_calls = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_calls));
+  options.region_socket = absl::GetFlag(FLAGS_region_socket);
+  if (!ParseOctal(absl::GetFlag(FLAGS_region_socket_mode), &options.region_socket_mode)) {
+    LogLine(LogLevel::kError, "bad flag").Kv("flag", "--region_socket_mode").Kv("error", "not an octal mode like 0660");
+    return 2;
+  }
+  // With the CUDA backend: shared memory pinned for DMA, CUDA IPC regions run in place
+  // (TensorPlacement), received tensors decoded into the backend's pinned buffers.
+  options.pin_shared_memory = backend_name == "cuda";
+  options.cuda_ipc = backend_name == "cuda";
+  options.backend_host_buffers = backend_name == "cuda";
+  options.resident_bytes = absl::GetFlag(FLAGS_resident_bytes);
+  options.resident_ttl = absl::GetFlag(FLAGS_resident_ttl);
+  options.resident_max_ttl = absl::GetFlag(FLAGS_resident_max_ttl);
+  options.max_stream_request_bytes = absl::GetFlag(FLAGS_max_stream_request_bytes);
+  options.tensor_cache_bytes = absl::GetFlag(FLAGS_tensor_cache_bytes);
   absl::StatusOr<std::unique_ptr<attnd::AttentionServer>> server =
       attnd::AttentionServer::Start(options, *std::move(backend));
   if (!server.ok()) {
@@ -204,7 +237,9 @@ int main(int argc, char** argv) {
       .Kv("max_concurrent_streams", options.max_concurrent_streams)
       .Kv("max_queued_calls", static_cast<int64_t>(options.max_queued_calls))
       .Kv("shutdown_grace", absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)))
-      .Kv("access_log", options.access_log.empty() ? "off" : options.access_log);
+      .Kv("access_log", options.access_log.empty() ? "off" : options.access_log)
+      .Kv("region_socket", options.region_socket.empty() ? "off" : options.region_socket)
+      .Kv("resident_bytes", options.resident_bytes);
 
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   std::thread signal_thread([&] {

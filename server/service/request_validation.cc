@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -101,9 +102,27 @@ absl::Status CheckRankAndDims(const Tensor& t, const TensorRole& role, bool pack
   return absl::OkStatus();
 }
 
-// data holds exactly product(shape) * element size bytes. Dims are already in 1..INT32_MAX; the
-// product is computed with overflow checks.
-absl::Status CheckByteCount(const Tensor& t, absl::string_view name, DType dtype) {
+}  // namespace
+
+absl::Status CheckRegionSpan(const v1::RegionSpan& span, absl::string_view field, int64_t bytes, size_t alignment) {
+  if (span.region_id().empty()) return Invalid(absl::StrCat(field, ".region_id"), "empty; name a registered region");
+  if (span.size() != static_cast<uint64_t>(bytes)) {
+    return Invalid(absl::StrCat(field, ".size"),
+                   absl::StrCat(span.size(), " bytes, expected ", bytes, " (the tensor's shape x element size)"));
+  }
+  if (span.offset() % alignment != 0) {
+    return Invalid(absl::StrCat(field, ".offset"),
+                   absl::StrCat(span.offset(), " is not a multiple of the element size ", alignment));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The tensor's bytes are exactly product(shape) * element size: in `data` (data_bytes of them), or
+// in the region it names (then data must be empty). Dims are already in 1..INT32_MAX; the product
+// is computed with overflow checks.
+absl::Status CheckByteCount(const Tensor& t, absl::string_view name, DType dtype, int64_t data_bytes) {
   int64_t bytes = static_cast<int64_t>(ElementSize(dtype));
   for (int64_t d : t.shape()) {
     if (__builtin_mul_overflow(bytes, d, &bytes)) {
@@ -111,13 +130,24 @@ absl::Status CheckByteCount(const Tensor& t, absl::string_view name, DType dtype
                      absl::StrCat(ShapeString(t.shape()), " overflows 64-bit byte counts"));
     }
   }
-  if (static_cast<int64_t>(t.data().size()) != bytes) {
+  if (t.has_region()) {
+    if (data_bytes != 0) {
+      return Invalid(absl::StrCat(name, ".data"),
+                     absl::StrCat(data_bytes, " bytes set together with ", name,
+                                  ".region; a tensor's bytes travel one way only"));
+    }
+    return CheckRegionSpan(t.region(), absl::StrCat(name, ".region"), bytes, ElementSize(dtype));
+  }
+  if (data_bytes != bytes) {
     return Invalid(absl::StrCat(name, ".data"),
-                   absl::StrCat(t.data().size(), " bytes, expected ", bytes, " (shape ", ShapeString(t.shape()),
+                   absl::StrCat(data_bytes, " bytes, expected ", bytes, " (shape ", ShapeString(t.shape()),
                                 " x ", ElementSize(dtype), " bytes per ", std::string(DTypeName(dtype)), " element)"));
   }
   return absl::OkStatus();
 }
+
+// The bytes of `t` that travel inside the message (0 when they lie in a region).
+int64_t InlineBytes(const Tensor& t, const DataBytesFn& data_bytes) { return t.has_region() ? 0 : data_bytes(t); }
 
 absl::Status CheckDim(const Tensor& t, int i, const TensorRole& role, bool packed, int64_t want,
                       absl::string_view want_field) {
@@ -155,7 +185,8 @@ struct CoreRequest {
 };
 
 absl::StatusOr<CoreRequest> ValidateCore(const Tensor& q, const Tensor& k, const Tensor& v,
-                                         const v1::AttentionParams& params, const RequestLimits& limits) {
+                                         const v1::AttentionParams& params, const RequestLimits& limits,
+                                         const DataBytesFn& data_bytes) {
   CoreRequest core;
   absl::StatusOr<DType> dtype = CheckDType(q, "q", nullptr, "");
   if (!dtype.ok()) return dtype.status();
@@ -199,7 +230,7 @@ absl::StatusOr<CoreRequest> ValidateCore(const Tensor& q, const Tensor& k, const
   }
 
   for (const auto& [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}}) {
-    if (absl::Status s = CheckByteCount(*t, name, core.dtype); !s.ok()) return s;
+    if (absl::Status s = CheckByteCount(*t, name, core.dtype, data_bytes(*t)); !s.ok()) return s;
   }
 
   // Token limits. The cap at INT32_MAX is not negotiable: offsets travel as int32 cu_seqlens.
@@ -271,9 +302,11 @@ absl::StatusOr<CoreRequest> ValidateCore(const Tensor& q, const Tensor& k, const
 
 absl::Status CheckMessageBytes(absl::string_view what, int64_t bytes, absl::string_view parts,
                                const RequestLimits& limits) {
-  const int64_t limit = std::min(limits.max_request_bytes, kMaxRequestBytesLimit);
+  const int64_t limit = limits.streamed ? limits.max_request_bytes : std::min(limits.max_request_bytes,
+                                                                               kMaxRequestBytesLimit);
   if (bytes <= limit) return absl::OkStatus();
-  return TooLarge(what, absl::StrCat(parts, " = ", bytes, " bytes exceed max_request_bytes = ", limit));
+  return TooLarge(what, absl::StrCat(parts, " = ", bytes, " bytes exceed ", limits.limit_flag, " = ", limit,
+                                     limits.streamed ? "" : " (larger tensors: ForwardStream / BackwardStream)"));
 }
 
 absl::Status CheckBackend(const Backend* backend, const AttentionShape& shape, DType dtype) {
@@ -352,45 +385,106 @@ BackwardArgs ValidatedBackward::Args(void* grad_q, void* grad_k, void* grad_v) c
   return args;
 }
 
-absl::StatusOr<ValidatedForward> ValidateForwardRequest(const v1::ForwardRequest& request,
-                                                        const RequestLimits& limits, const Backend* backend) {
+int64_t DataBytesOf(const v1::Tensor& t) { return static_cast<int64_t>(t.data().size()); }
+
+TensorBytes TensorBytes::Shared(const void* data, int64_t size, std::shared_ptr<const void> owner) {
+  TensorBytes t;
+  t.data_ = data;
+  t.size_ = size;
+  t.owner_ = std::move(owner);
+  return t;
+}
+
+absl::StatusOr<ValidatedForward> ValidateForwardHeader(const v1::ForwardRequest& request, const DataBytesFn& data_bytes,
+                                                       const RequestLimits& limits, const Backend* backend) {
   for (const auto& [present, name] : {std::pair{request.has_q(), "q"}, std::pair{request.has_k(), "k"},
                                       std::pair{request.has_v(), "v"}}) {
     if (absl::Status s = CheckPresent(present, name, "ForwardRequest"); !s.ok()) return s;
   }
-  absl::StatusOr<CoreRequest> core = ValidateCore(request.q(), request.k(), request.v(), request.params(), limits);
+  absl::StatusOr<CoreRequest> core =
+      ValidateCore(request.q(), request.k(), request.v(), request.params(), limits, data_bytes);
   if (!core.ok()) return core.status();
 
-  const int64_t q_bytes = static_cast<int64_t>(request.q().data().size());
-  const int64_t kv_bytes = static_cast<int64_t>(request.k().data().size());
-  if (absl::Status s = CheckMessageBytes("request", q_bytes + 2 * kv_bytes, "q.data + k.data + v.data", limits);
-      !s.ok()) {
-    return s;
-  }
+  const int64_t out_bytes = core->shape.q_elements() * static_cast<int64_t>(ElementSize(core->dtype));
   const int64_t lse_bytes = core->shape.lse_elements() * int64_t{sizeof(float)};
-  if (absl::Status s = CheckMessageBytes("response", q_bytes + lse_bytes, "out + lse", limits); !s.ok()) return s;
+  if (request.has_out_region()) {
+    if (absl::Status s = CheckRegionSpan(request.out_region(), "out_region", out_bytes, ElementSize(core->dtype));
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (request.has_lse_region()) {
+    if (absl::Status s = CheckRegionSpan(request.lse_region(), "lse_region", lse_bytes, sizeof(float)); !s.ok()) {
+      return s;
+    }
+  }
+  const int64_t in_bytes = InlineBytes(request.q(), data_bytes) + InlineBytes(request.k(), data_bytes) +
+                           InlineBytes(request.v(), data_bytes);
+  if (absl::Status s = CheckMessageBytes("request", in_bytes, "q.data + k.data + v.data", limits); !s.ok()) return s;
+  const int64_t response_bytes = (request.has_out_region() ? 0 : out_bytes) + (request.has_lse_region() ? 0 : lse_bytes);
+  if (absl::Status s = CheckMessageBytes("response", response_bytes, "out + lse", limits); !s.ok()) return s;
   if (absl::Status s = CheckBackend(backend, core->shape, core->dtype); !s.ok()) return s;
 
   ValidatedForward v;
   v.shape = std::move(core->shape);
   v.options = core->options;
   v.dtype = core->dtype;
-  const size_t align = ElementSize(v.dtype);
-  v.q = TensorBytes::View(request.q().data(), align);
-  v.k = TensorBytes::View(request.k().data(), align);
-  v.v = TensorBytes::View(request.v().data(), align);
   return v;
 }
 
-absl::StatusOr<ValidatedBackward> ValidateBackwardRequest(const v1::BackwardRequest& request,
-                                                          const RequestLimits& limits, const Backend* backend) {
+absl::StatusOr<ValidatedForward> ValidateForwardRequest(const v1::ForwardRequest& request,
+                                                        const RequestLimits& limits, const Backend* backend) {
+  absl::StatusOr<ValidatedForward> v = ValidateForwardHeader(request, DataBytesOf, limits, backend);
+  if (!v.ok()) return v;
+  const size_t align = ElementSize(v->dtype);
+  v->q = TensorBytes::View(request.q().data(), align);
+  v->k = TensorBytes::View(request.k().data(), align);
+  v->v = TensorBytes::View(request.v().data(), align);
+  return v;
+}
+
+namespace {
+
+// Backward's gradient regions: each the size of the tensor it receives.
+absl::Status CheckGradRegions(const v1::BackwardRequest& request, const AttentionShape& shape, DType dtype) {
+  const int64_t q_bytes = shape.q_elements() * static_cast<int64_t>(ElementSize(dtype));
+  const int64_t kv_bytes = shape.kv_elements() * static_cast<int64_t>(ElementSize(dtype));
+  for (const auto& [has, span, name, bytes] :
+       {std::tuple{request.has_grad_q_region(), &request.grad_q_region(), "grad_q_region", q_bytes},
+        std::tuple{request.has_grad_k_region(), &request.grad_k_region(), "grad_k_region", kv_bytes},
+        std::tuple{request.has_grad_v_region(), &request.grad_v_region(), "grad_v_region", kv_bytes}}) {
+    if (!has) continue;
+    if (absl::Status s = CheckRegionSpan(*span, name, bytes, ElementSize(dtype)); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+int64_t GradResponseBytes(const v1::BackwardRequest& request, const AttentionShape& shape, DType dtype) {
+  const int64_t q_bytes = shape.q_elements() * static_cast<int64_t>(ElementSize(dtype));
+  const int64_t kv_bytes = shape.kv_elements() * static_cast<int64_t>(ElementSize(dtype));
+  return (request.has_grad_q_region() ? 0 : q_bytes) + (request.has_grad_k_region() ? 0 : kv_bytes) +
+         (request.has_grad_v_region() ? 0 : kv_bytes);
+}
+
+}  // namespace
+
+absl::StatusOr<ValidatedBackward> ValidateBackwardHeader(const v1::BackwardRequest& request,
+                                                         const DataBytesFn& data_bytes, const RequestLimits& limits,
+                                                         const Backend* backend) {
+  if (!request.resident_handle().empty()) {
+    return Invalid("resident_handle", "set: validate with ValidateResidentBackward (internal error)");
+  }
+  if (request.keep_resident_after()) {
+    return Invalid("keep_resident_after", "set without resident_handle; it applies to a handle's backward only");
+  }
   for (const auto& [present, name] :
        {std::pair{request.has_q(), "q"}, std::pair{request.has_k(), "k"}, std::pair{request.has_v(), "v"},
         std::pair{request.has_out(), "out"}, std::pair{request.has_lse(), "lse"},
         std::pair{request.has_grad_out(), "grad_out"}}) {
     if (absl::Status s = CheckPresent(present, name, "BackwardRequest"); !s.ok()) return s;
   }
-  absl::StatusOr<CoreRequest> core = ValidateCore(request.q(), request.k(), request.v(), request.params(), limits);
+  absl::StatusOr<CoreRequest> core =
+      ValidateCore(request.q(), request.k(), request.v(), request.params(), limits, data_bytes);
   if (!core.ok()) return core.status();
   const bool packed = core->shape.packed;
 
@@ -402,7 +496,7 @@ absl::StatusOr<ValidatedBackward> ValidateBackwardRequest(const v1::BackwardRequ
       return Invalid(absl::StrCat(role->name, ".shape"),
                      absl::StrCat(ShapeString(t->shape()), " must equal q.shape ", ShapeString(request.q().shape())));
     }
-    if (absl::Status s = CheckByteCount(*t, role->name, core->dtype); !s.ok()) return s;
+    if (absl::Status s = CheckByteCount(*t, role->name, core->dtype, data_bytes(*t)); !s.ok()) return s;
   }
 
   // lse: FP32, dense [batch, heads_q, seqlen_q] or packed [heads_q, total_q].
@@ -416,17 +510,20 @@ absl::StatusOr<ValidatedBackward> ValidateBackwardRequest(const v1::BackwardRequ
     return Invalid("lse.shape", absl::StrCat("expected ", packed ? "[heads_q, total_q]" : "[batch, heads_q, seqlen_q]",
                                              " = ", ShapeString(lse_shape), ", got ", ShapeString(lse.shape())));
   }
-  if (absl::Status s = CheckByteCount(lse, "lse", DType::kFP32); !s.ok()) return s;
+  if (absl::Status s = CheckByteCount(lse, "lse", DType::kFP32, data_bytes(lse)); !s.ok()) return s;
+  if (absl::Status s = CheckGradRegions(request, core->shape, core->dtype); !s.ok()) return s;
 
-  const int64_t q_bytes = static_cast<int64_t>(request.q().data().size());
-  const int64_t kv_bytes = static_cast<int64_t>(request.k().data().size());
-  const int64_t lse_bytes = static_cast<int64_t>(lse.data().size());
-  if (absl::Status s = CheckMessageBytes("request", 3 * q_bytes + 2 * kv_bytes + lse_bytes,
+  int64_t in_bytes = 0;
+  for (const v1::Tensor* t : {&request.q(), &request.k(), &request.v(), &request.out(), &lse, &request.grad_out()}) {
+    in_bytes += InlineBytes(*t, data_bytes);
+  }
+  if (absl::Status s = CheckMessageBytes("request", in_bytes,
                                          "q.data + k.data + v.data + out.data + lse.data + grad_out.data", limits);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckMessageBytes("response", q_bytes + 2 * kv_bytes, "grad_q + grad_k + grad_v", limits);
+  if (absl::Status s = CheckMessageBytes("response", GradResponseBytes(request, core->shape, core->dtype),
+                                         "grad_q + grad_k + grad_v", limits);
       !s.ok()) {
     return s;
   }
@@ -436,13 +533,76 @@ absl::StatusOr<ValidatedBackward> ValidateBackwardRequest(const v1::BackwardRequ
   v.shape = std::move(core->shape);
   v.options = core->options;
   v.dtype = core->dtype;
-  const size_t align = ElementSize(v.dtype);
-  v.q = TensorBytes::View(request.q().data(), align);
-  v.k = TensorBytes::View(request.k().data(), align);
-  v.v = TensorBytes::View(request.v().data(), align);
-  v.out = TensorBytes::View(request.out().data(), align);
-  v.lse = TensorBytes::View(lse.data(), alignof(float));
-  v.grad_out = TensorBytes::View(request.grad_out().data(), align);
+  return v;
+}
+
+absl::StatusOr<ValidatedBackward> ValidateBackwardRequest(const v1::BackwardRequest& request,
+                                                          const RequestLimits& limits, const Backend* backend) {
+  absl::StatusOr<ValidatedBackward> v = ValidateBackwardHeader(request, DataBytesOf, limits, backend);
+  if (!v.ok()) return v;
+  const size_t align = ElementSize(v->dtype);
+  v->q = TensorBytes::View(request.q().data(), align);
+  v->k = TensorBytes::View(request.k().data(), align);
+  v->v = TensorBytes::View(request.v().data(), align);
+  v->out = TensorBytes::View(request.out().data(), align);
+  v->lse = TensorBytes::View(request.lse().data(), alignof(float));
+  v->grad_out = TensorBytes::View(request.grad_out().data(), align);
+  return v;
+}
+
+absl::StatusOr<ValidatedBackward> ValidateResidentBackward(const v1::BackwardRequest& request,
+                                                           const DataBytesFn& data_bytes,
+                                                           const ResidentForward& resident,
+                                                           const RequestLimits& limits) {
+  for (const auto& [present, name] :
+       {std::pair{request.has_q(), "q"}, std::pair{request.has_k(), "k"}, std::pair{request.has_v(), "v"},
+        std::pair{request.has_out(), "out"}, std::pair{request.has_lse(), "lse"}}) {
+    if (present) {
+      return Invalid(name, absl::StrCat("must be absent when resident_handle is set (handle ",
+                                        request.resident_handle(), " holds it)"));
+    }
+  }
+  if (absl::Status s = CheckPresent(request.has_grad_out(), "grad_out", "a BackwardRequest with resident_handle");
+      !s.ok()) {
+    return s;
+  }
+  const v1::AttentionParams& params = request.params();
+  if (params.causal() || params.softmax_scale() != 0.f || params.cu_seqlens_q_size() > 0 ||
+      params.cu_seqlens_k_size() > 0) {
+    return Invalid("params", absl::StrCat("only `deterministic` may be set with resident_handle; causal, "
+                                          "softmax_scale and cu_seqlens come from the forward of handle ",
+                                          request.resident_handle()));
+  }
+  const v1::Tensor& grad_out = request.grad_out();
+  absl::StatusOr<DType> dtype = FromProto(grad_out.dtype(), "grad_out.dtype");
+  if (!dtype.ok()) return dtype.status();
+  if (*dtype != resident.dtype) {
+    return Invalid("grad_out.dtype", absl::StrCat(WireDTypeName(grad_out.dtype()), " but the forward of handle ",
+                                                  request.resident_handle(), " ran in ",
+                                                  v1::DType_Name(ToProto(resident.dtype))));
+  }
+  if (!std::equal(grad_out.shape().begin(), grad_out.shape().end(), resident.q_wire_shape.begin(),
+                  resident.q_wire_shape.end())) {
+    return Invalid("grad_out.shape", absl::StrCat(ShapeString(grad_out.shape()), " must equal the forward's q.shape ",
+                                                  ShapeString(resident.q_wire_shape), " (handle ",
+                                                  request.resident_handle(), ")"));
+  }
+  if (absl::Status s = CheckByteCount(grad_out, "grad_out", resident.dtype, data_bytes(grad_out)); !s.ok()) return s;
+  if (absl::Status s = CheckGradRegions(request, resident.shape, resident.dtype); !s.ok()) return s;
+  if (absl::Status s = CheckMessageBytes("request", InlineBytes(grad_out, data_bytes), "grad_out.data", limits);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckMessageBytes("response", GradResponseBytes(request, resident.shape, resident.dtype),
+                                         "grad_q + grad_k + grad_v", limits);
+      !s.ok()) {
+    return s;
+  }
+  ValidatedBackward v;
+  v.shape = resident.shape;
+  v.options = resident.options;
+  v.options.deterministic = params.deterministic();
+  v.dtype = resident.dtype;
   return v;
 }
 

@@ -22,6 +22,12 @@ absl::string_view RpcMethodName(RpcMethod method) {
     case RpcMethod::kBackward: return "Backward";
     case RpcMethod::kGetServerInfo: return "GetServerInfo";
     case RpcMethod::kGetStats: return "GetStats";
+    case RpcMethod::kRegisterSharedMemory: return "RegisterSharedMemory";
+    case RpcMethod::kRegisterCudaMemory: return "RegisterCudaMemory";
+    case RpcMethod::kUnregisterRegion: return "UnregisterRegion";
+    case RpcMethod::kReleaseResident: return "ReleaseResident";
+    case RpcMethod::kForwardStream: return "ForwardStream";
+    case RpcMethod::kBackwardStream: return "BackwardStream";
   }
   return "unknown";
 }

@@ -9,7 +9,7 @@
 //   attnd_queue_depth, attnd_workers_busy, attnd_workers, attnd_calls_in_flight   gauges
 //   attnd_build_info{version,backend}              gauge, always 1
 //
-// Methods are the three of attnd.v1.Attention; their series (with code="OK") exist from the start,
+// Methods are those of attnd.v1.Attention; their series (with code="OK") exist from the start,
 // at 0, so a dashboard's rate() works before the first call.
 #pragma once
 
@@ -24,8 +24,20 @@
 
 namespace attnd {
 
-enum class RpcMethod { kForward = 0, kBackward = 1, kGetServerInfo = 2, kGetStats = 3 };
-inline constexpr int kRpcMethods = 4;
+enum class RpcMethod {
+  kForward = 0,
+  kBackward = 1,
+  kGetServerInfo = 2,
+  kGetStats = 3,
+  // Transports (server/transport).
+  kRegisterSharedMemory = 4,
+  kRegisterCudaMemory = 5,
+  kUnregisterRegion = 6,
+  kReleaseResident = 7,
+  kForwardStream = 8,
+  kBackwardStream = 9,
+};
+inline constexpr int kRpcMethods = 10;
 absl::string_view RpcMethodName(RpcMethod method);
 // "OK", "INVALID_ARGUMENT", ...: gRPC's canonical names.
 absl::string_view StatusCodeName(grpc::StatusCode code);

@@ -9,6 +9,8 @@
 
 #include "gtest/gtest.h"
 #include "server/backends/cpu/cpu_backend.h"
+#include "server/transport/region_registry.h"
+#include "server/transport/resident_store.h"
 #include "tests/client/client_test_util.h"
 #include "tests/client/test_backends.h"
 
@@ -187,6 +189,104 @@ TEST(LoadgenSmoke, BadFlagsExitTwo) {
   EXPECT_EQ(RunLoadgen("--heads_q=6 --heads_kv=4").exit_code, 2);
   EXPECT_EQ(RunLoadgen("--dtype=fp8").exit_code, 2);
   EXPECT_EQ(RunLoadgen("--direction=sideways").exit_code, 2);
+}
+
+}  // namespace
+}  // namespace attnd::testing
+
+// Transports (--transport, --direction=train --resident, --workload_file) against a daemon that
+// serves shared memory and resident tensors.
+namespace attnd::testing {
+namespace {
+
+struct RegionDaemon {
+  std::string dir;
+  std::unique_ptr<AttentionServer> server;
+  explicit RegionDaemon() {
+    char tmpl[] = "/tmp/attnd-loadgen-XXXXXX";
+    dir = mkdtemp(tmpl);
+    ServerOptions options;
+    options.worker_threads = 2;
+    options.region_socket = dir + "/regions.sock";
+    server = *AttentionServer::Start(options, CreateCpuBackend(2));
+  }
+  ~RegionDaemon() {
+    server.reset();
+    rmdir(dir.c_str());
+  }
+};
+
+constexpr char kSmallShape[] = " --batch=1 --seqlen_q=48 --seqlen_k=64 --heads_q=4 --heads_kv=2 --head_dim=32";
+
+TEST(LoadgenTransports, SharedMemoryForwardAndBackwardAreCheckedAndCrossNoTensorBytes) {
+  RegionDaemon d;
+  for (const char* direction : {"forward", "backward"}) {
+    const LoadgenRun run = RunLoadgen("--target=" + d.server->address() + kSmallShape +
+                                      " --requests=8 --concurrency=2 --transport=shm --check --json --direction=" +
+                                      direction);
+    SCOPED_TRACE(run.stdout_text);
+    EXPECT_EQ(run.exit_code, 0);
+    EXPECT_EQ(JsonNumber(run.stdout_text, "checked"), 8);
+    EXPECT_EQ(JsonNumber(run.stdout_text, "mismatches"), 0);
+    EXPECT_LT(JsonNumber(run.stdout_text, "wire_bytes_per_call"), 2000);  // headers only
+    EXPECT_GT(JsonNumber(run.stdout_text, "wire_bytes_per_call"), 0);
+  }
+  EXPECT_EQ(d.server->regions()->regions(), 0);  // the loadgen's sessions ended with it
+}
+
+TEST(LoadgenTransports, ResidentTrainingStepsPutFewerBytesOnTheWire) {
+  RegionDaemon d;
+  const std::string args = "--target=" + d.server->address() + kSmallShape + " --requests=6 --direction=train --json";
+  const LoadgenRun full = RunLoadgen(args);
+  const LoadgenRun resident = RunLoadgen(args + " --resident");
+  SCOPED_TRACE(full.stdout_text + resident.stdout_text);
+  EXPECT_EQ(full.exit_code, 0);
+  EXPECT_EQ(resident.exit_code, 0);
+  EXPECT_EQ(JsonNumber(resident.stdout_text, "ok"), 6);
+  // forward q,k,v + out,lse, then grad_out + grads, against resending q,k,v,out,lse with grad_out.
+  EXPECT_LT(JsonNumber(resident.stdout_text, "wire_bytes_per_call"),
+            0.75 * JsonNumber(full.stdout_text, "wire_bytes_per_call"));
+  EXPECT_EQ(d.server->resident()->handles(), 0);  // each backward released its handle
+}
+
+TEST(LoadgenTransports, AMixedWorkloadFileSendsEveryWorkload) {
+  RegionDaemon d;
+  const std::string file = d.dir + "/workloads.txt";
+  FILE* f = fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fputs("# three kinds of calls\n"
+        "name=decode seqlen_q=1 seqlen_k=64 transport=shm weight=2\n"
+        "name=prefill seqlen_q=40 causal=true weight=1   # proto by default\n"
+        "name=step seqlen_q=24 direction=train resident=true weight=1\n", f);
+  fclose(f);
+  const LoadgenRun run = RunLoadgen("--target=" + d.server->address() + kSmallShape +
+                                    " --requests=60 --concurrency=2 --json --workload_file=" + file);
+  SCOPED_TRACE(run.stdout_text);
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_EQ(JsonNumber(run.stdout_text, "errors"), 0);
+  for (const char* name : {"decode", "prefill", "step"}) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(run.stdout_text, m,
+                                  std::regex(std::string("\"name\":\"") + name + "\",\"ok\":([0-9]+)")))
+        << name;
+    EXPECT_GT(std::stoi(m[1]), 0) << name;
+  }
+  unlink(file.c_str());
+}
+
+TEST(LoadgenTransports, ABadWorkloadFileExitsTwoNamingTheLine) {
+  const std::string file = ::testing::TempDir() + "bad_workloads.txt";
+  FILE* f = fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fputs("name=ok seqlen_q=8\nname=bad transport=carrier-pigeon\n", f);
+  fclose(f);
+  const std::string command = std::string(ATTN_LOADGEN_PATH) + " --workload_file=" + file + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096] = {};
+  const size_t n = fread(buffer, 1, sizeof buffer - 1, pipe);
+  const int status = pclose(pipe);
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  EXPECT_NE(std::string(buffer, n).find("line 2: transport"), std::string::npos) << buffer;
 }
 
 }  // namespace
