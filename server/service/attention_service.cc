@@ -31,7 +31,7 @@ RequestLimits StreamLimits(const RequestLimits& unary, const TransportSettings& 
 
 // The caller's authenticated identity: the bearer token's name (server/security), or the names in
 // the client certificate under mutual TLS; empty on plaintext.
-std::string PeerIdentity(const grpc::CallbackServerContext& context) {
+std::string AuthenticatedCaller(const grpc::CallbackServerContext& context) {
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr || !auth->IsPeerAuthenticated()) return "";
   std::string identity;
@@ -101,7 +101,7 @@ CallReactor* AttentionService::StartCall(RpcMethod method, grpc::CallbackServerC
   const bool log = access_log_ != nullptr;
   return new CallReactor(this, method, request_bytes, response_message, response_buffer,
                          log ? context->peer() : std::string(),
-                         log ? PeerIdentity(*context) : std::string());  // deletes itself in OnDone
+                         log ? AuthenticatedCaller(*context) : std::string());  // deletes itself in OnDone
 }
 
 bool AttentionService::EnterCall() {

@@ -106,7 +106,7 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   const google::protobuf::Message* const response_message_;
   const grpc::ByteBuffer* const response_buffer_;
   const std::string peer_;
-  const std::string client_;  // the authenticated caller (PeerIdentity), for the access log
+  const std::string client_;  // the authenticated caller (AuthenticatedCaller), for the access log
   const Clock::time_point start_;
   std::atomic<bool> cancelled_{false};
   grpc::StatusCode code_ = grpc::StatusCode::UNKNOWN;

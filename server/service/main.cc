@@ -122,6 +122,8 @@ void ReloadTokensOnSighup(const sigset_t& signals, attnd::AttentionServer* serve
       }
     }).detach();
   });
+}
+
 // "0660" -> 0660. False for anything that is not 1 to 4 octal digits.
 bool ParseOctal(const std::string& text, int* mode) {
   if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != std::string::npos) return false;
