@@ -13,7 +13,7 @@ if [[ $seconds == 0 ]]; then echo "fuzz: skipped (ATTND_FUZZ_SECONDS=0)"; exit 0
 build=${ATTND_FUZZ_BUILD_DIR:-build-fuzz}
 targets=(request_validation tensor_decoding)
 
-CC=clang-14 CXX=clang++-14 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+CC=clang-14 CXX=clang++-14 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1" \
   -DATTND_WITH_CUDA=OFF -DATTND_SANITIZE=fuzzer ${ATTND_CMAKE_ARGS:-} >/dev/null
 ninja -C "$build" -j "${ATTND_JOBS:-$(( $(nproc) + 1 ))}" "${targets[@]/%/_fuzzer}"
 
