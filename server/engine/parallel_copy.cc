@@ -41,7 +41,10 @@ void ParallelCopy::Copy(const std::vector<Range>& ranges) {
   size_t total = 0;
   for (const Range& r : ranges) total += r.bytes;
   if (helpers_.empty() || total < kMinParallelBytes) {
-    for (const Range& r : ranges) std::memcpy(r.dst, r.src, r.bytes);
+    // An empty range may carry null pointers (an empty vector's data()), which memcpy must not see.
+    for (const Range& r : ranges) {
+      if (r.bytes != 0) std::memcpy(r.dst, r.src, r.bytes);
+    }
     return;
   }
   // Parts of at least 256 KiB, about one per thread (caller included) and never fewer.
