@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -66,7 +67,21 @@ absl::StatusOr<std::unique_ptr<RegionSession>> RegionSession::Open(Client& clien
   return Open(info->transports().region_socket());
 }
 
-RegionSession::~RegionSession() { close(socket_); }
+// Closing is a handshake: our end stops sending, the daemon releases the session's regions and
+// closes its end, and we wait for that (up to 5 s). Once this returns, no request can name the
+// regions any more; a bare close() would race the caller's next call.
+RegionSession::~RegionSession() {
+  if (shutdown(socket_, SHUT_WR) == 0) {
+    timeval timeout{5, 0};
+    setsockopt(socket_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    char buf[512];
+    ssize_t n;
+    do {
+      n = recv(socket_, buf, sizeof(buf), 0);
+    } while (n > 0 || (n < 0 && errno == EINTR));
+  }
+  close(socket_);
+}
 
 absl::StatusOr<std::string> RegionSession::PassFd(int fd) {
   char text[] = "FD";

@@ -31,7 +31,7 @@ class RegionSession {
   static absl::StatusOr<std::unique_ptr<RegionSession>> Open(const std::string& socket_path);
   // The path from the daemon's ServerInfo.transports.region_socket (FAILED_PRECONDITION when off).
   static absl::StatusOr<std::unique_ptr<RegionSession>> Open(Client& client);
-  ~RegionSession();  // closes the socket: the daemon releases the session's regions
+  ~RegionSession();  // ends the session: returns once the daemon has released its regions
 
   const std::string& token() const { return token_; }
   // Passes `fd` (not taken: the caller still owns it) to the daemon; the token to register it with.

@@ -48,7 +48,22 @@ class RegionSession:
         return self._expect("FD")
 
     def close(self):
-        self.sock.close()
+        """Ends the session; returns once the daemon has released its regions (up to 5 s).
+
+        A handshake, not a bare close: our end stops sending, the daemon releases the regions and
+        closes its end, and we wait for that, so no later request can still reach them."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(5.0)
+            while self.sock.recv(512):
+                pass
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+            self.sock = None
 
     def __enter__(self):
         return self

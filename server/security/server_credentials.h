@@ -3,12 +3,15 @@
 // start with a message naming it.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/security/certificate_mirror.h"
 #include "server/security/token_auth_processor.h"
 
 namespace attnd {
@@ -23,11 +26,22 @@ struct ServerSecurityOptions {
   // Bearer tokens (token_file.h). Needs TLS: gRPC runs token checks only on secure connections,
   // and tokens must never cross the network in clear text.
   std::string auth_tokens_file;
+  // How often the certificate, key, client CA and token files are checked for changes: a rotated
+  // certificate (a Kubernetes Secret updated by cert-manager, say) serves new handshakes without a
+  // restart while open connections keep theirs, and a changed token file is reloaded as on SIGHUP
+  // (a bad one keeps the tokens in use). Whole seconds; zero: read once at start (SIGHUP still
+  // reloads the tokens).
+  absl::Duration reload_interval = absl::ZeroDuration();
+  // Told, on the watcher's thread, when changed TLS files are served (OK) or ignored (why).
+  CertificateMirror::Report on_certificate_change;
 };
 
 struct ServerSecurity {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   std::shared_ptr<TokenAuthProcessor> tokens;  // null without auth_tokens_file
+  // The checked copy gRPC watches (null unless TLS with a reload interval): keep it alive as long
+  // as the listener.
+  std::shared_ptr<CertificateMirror> certificates;
   bool tls = false;
   bool mutual_tls = false;
 };

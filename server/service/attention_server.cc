@@ -135,7 +135,16 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
       return absl::InvalidArgumentError(absl::StrCat("health_", s.message()));
     }
   }
-  absl::StatusOr<ServerSecurity> security = MakeServerSecurity(options.security);
+  ServerSecurityOptions security_options = options.security;
+  security_options.on_certificate_change = [](const absl::Status& status) {
+    if (status.ok()) {
+      LogLine(LogLevel::kInfo, "TLS certificate files changed; new handshakes use them");
+    } else {
+      LogLine(LogLevel::kWarning, "TLS certificate files changed but not used; the previous ones stay in use")
+          .Kv("error", status.ToString());
+    }
+  };
+  absl::StatusOr<ServerSecurity> security = MakeServerSecurity(security_options);
   if (!security.ok()) return security.status();
   InitGrpcOnce();
 
@@ -168,6 +177,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
                                                         server->service_metrics_.get(), server->access_log_.get());
   server->RegisterGauges(options.max_queued_calls);
   server->tokens_ = security->tokens;
+  server->certificates_ = security->certificates;
   if (server->tokens_ != nullptr) {
     metrics::MetricsRegistry* registry = server->registry_.get();
     server->tokens_->OnRefused([registry](grpc::StatusCode code) {
@@ -176,6 +186,12 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
                        {{"code", std::string(StatusCodeName(code))}})
           .Increment();
     });
+  }
+  if (server->tokens_ != nullptr && options.security.reload_interval > absl::ZeroDuration()) {
+    AttentionServer* self = server.get();
+    server->token_watcher_ = std::make_unique<FileChangeWatcher>(
+        options.security.auth_tokens_file, options.security.reload_interval,
+        [self] { (void)self->ReloadAuthTokens("file changed"); });
   }
   if (!options.metrics_listen.empty()) {
     // Before the gRPC port: a bad or busy metrics address fails the start before any call is taken.
@@ -251,11 +267,19 @@ void AttentionServer::SetServing(bool serving) {
   }
 }
 
-absl::StatusOr<int> AttentionServer::ReloadAuthTokens() {
+absl::StatusOr<int> AttentionServer::ReloadAuthTokens(absl::string_view reason) {
   if (tokens_ == nullptr) {
     return absl::FailedPreconditionError("token authentication is off (no auth_tokens_file): nothing to reload");
   }
-  return tokens_->Reload();
+  absl::StatusOr<int> tokens = tokens_->Reload();
+  if (tokens.ok()) {
+    LogLine(LogLevel::kInfo, "auth tokens reloaded").Kv("reason", reason).Kv("tokens", *tokens);
+  } else {
+    LogLine(LogLevel::kWarning, "auth tokens not reloaded; the previous ones stay in use")
+        .Kv("reason", reason)
+        .Kv("error", tokens.status().ToString());
+  }
+  return tokens;
 }
 
 absl::Status AttentionServer::StartTransports(const ServerOptions& options) {

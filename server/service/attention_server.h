@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "server/backend.h"
 #include "server/metrics/metrics_registry.h"
+#include "server/security/file_change_watcher.h"
 #include "server/security/server_credentials.h"
 #include "server/service/request_validation.h"
 
@@ -123,10 +124,10 @@ class AttentionServer {
   // The health-only listener's dialable host:port, empty without options.health_listen.
   std::string health_address() const { return health_address_; }
 
-  // Reads options.security.auth_tokens_file again (the daemon does on SIGHUP): the number of
-  // tokens accepted from now on. FAILED_PRECONDITION without token auth; on any error the tokens
-  // in use stay.
-  absl::StatusOr<int> ReloadAuthTokens();
+  // Reads options.security.auth_tokens_file again (the daemon does on SIGHUP, and the server itself
+  // when the file changes): the number of tokens accepted from now on, logged with `reason`.
+  // FAILED_PRECONDITION without token auth; on any error the tokens in use stay.
+  absl::StatusOr<int> ReloadAuthTokens(absl::string_view reason = "asked");
   // Every series the server records; other layers may add theirs (e.g. a backend's stages).
   metrics::MetricsRegistry& metrics() { return *registry_; }
   // The transport state (tests watch it return to zero). regions()/resident() are null when off.
@@ -173,6 +174,7 @@ class AttentionServer {
   std::unique_ptr<RegionSocket> region_socket_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<AttentionService> service_;
+  std::shared_ptr<CertificateMirror> certificates_;  // the TLS files the listener reads: outlives it
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // options.health_listen
   std::shared_ptr<TokenAuthProcessor> tokens_;
@@ -185,6 +187,9 @@ class AttentionServer {
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kStarting;
+  // Reloads the tokens when their file changes (options.security.reload_interval). Declared last:
+  // it stops before anything its callback touches is destroyed.
+  std::unique_ptr<FileChangeWatcher> token_watcher_;
 };
 
 }  // namespace attnd

@@ -4,8 +4,9 @@
   check_k8s.py REPO_ROOT
 
 Per overlay: a Deployment whose container asks for an NVIDIA GPU (limit, and request = limit),
-CPU and memory; native gRPC startup/readiness/liveness probes on the gRPC container port with
-service ""; flags that attnd defines, whose --listen / --metrics_listen ports are the container's
+CPU and memory; native gRPC startup/readiness/liveness probes with service "" on the gRPC container
+port, or with TLS on (--tls_cert) on the plaintext --health_listen port; TLS and token files
+mounted read-only from Secrets that are not world-readable; flags that attnd defines, whose --listen / --metrics_listen ports are the container's
 named ports; terminationGracePeriodSeconds covering preStop + --shutdown_grace; liveness that
 outlasts the drain; non-root; a headless Service and a PodDisruptionBudget selecting the pods;
 Prometheus scrape annotations on the metrics port; and, where present, a ServiceMonitor on the
@@ -79,11 +80,38 @@ def check_overlay(name, objs, attnd_flags, exported):
           f"{where} --metrics_listen is not the metrics port")
     check(c["image"].split(":")[0].endswith("attnd") and ":" in c["image"], f"{where} image {c['image']}")
 
+    # Kubernetes' gRPC probes speak neither TLS nor tokens: with TLS on they must target the
+    # plaintext health-only listener (--health_listen), a named container port of its own.
+    tls = "tls_cert" in flags
+    probe_port = ports.get("grpc")
+    if tls:
+        check("tls_key" in flags, f"{where} --tls_cert without --tls_key")
+        if check("health_listen" in flags, f"{where} TLS on but no --health_listen for the probes"):
+            probe_port = port_of(flags["health_listen"])
+            check(ports.get("health") == probe_port, f"{where} --health_listen is not the container's health port")
+            check(probe_port != ports.get("grpc"), f"{where} the health listener shares the gRPC port")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = c.get(probe)
         if check(p and "grpc" in p, f"{where} {probe} is not a native gRPC probe"):
-            check(p["grpc"]["port"] == ports.get("grpc") and p["grpc"].get("service", "") == "",
-                  f"{where} {probe} not on the grpc port with service ''")
+            check(p["grpc"]["port"] == probe_port and p["grpc"].get("service", "") == "",
+                  f"{where} {probe} not on port {probe_port} with service ''")
+    # Every file a security flag names comes from a Secret mounted read-only, not world-readable.
+    mounts = {m["mountPath"].rstrip("/"): m for m in c.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    for flag in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
+        if flag not in flags:
+            continue
+        path = flags[flag]
+        mount = next((m for d, m in mounts.items() if path.startswith(d + "/")), None)
+        if not check(mount is not None, f"{where} --{flag}={path} is on no volume mount"):
+            continue
+        check(mount.get("readOnly") is True, f"{where} the mount of --{flag} is not read-only")
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if check(secret is not None, f"{where} --{flag} does not come from a Secret"):
+            check(secret.get("defaultMode", 0o644) & 0o007 == 0, f"{where} --{flag}'s Secret is world-readable")
+            check(pod["spec"].get("securityContext", {}).get("fsGroup") is not None or
+                  secret.get("defaultMode", 0o644) & 0o044,
+                  f"{where} --{flag}'s Secret is not readable by the non-root user")
     grace = seconds(flags.get("shutdown_grace", "30s"))
     pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre = int(pre_stop[-1]) if pre_stop[:1] == ["sleep"] else 0
@@ -142,7 +170,7 @@ def main():
     exported = set(re.findall(r'"(attnd_\w+)"', sources))
     overlays_dir = os.path.join(root, "deploy/k8s/overlays")
     overlays = sorted(os.listdir(overlays_dir))
-    check(len(overlays) >= 2, f"overlays: {overlays}")
+    check(len(overlays) >= 3 and "tls" in overlays, f"overlays: {overlays}")
     kinds = {}
     for name in overlays:
         r = subprocess.run([kubectl, "kustomize", os.path.join(overlays_dir, name)], capture_output=True, text=True)

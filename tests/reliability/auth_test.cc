@@ -3,6 +3,8 @@
 // bearer tokens (UNAUTHENTICATED without, PERMISSION_DENIED for a wrong one, reload), health
 // reachable without a token and on the plaintext health-only listener, and bad options refused at
 // start naming the flag. Certificates are made with openssl when the test runs.
+#include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -55,8 +57,34 @@ class AuthTest : public ::testing::Test {
     server_ = *std::move(server);
   }
 
+  // TLS as the daemon runs it by default: the files are watched for changes (every second here).
   ServerSecurityOptions Tls() const {
-    return {.tls_cert_file = certs_->Path("server.pem"), .tls_key_file = certs_->Path("server.key")};
+    return {.tls_cert_file = certs_->Path("server.pem"),
+            .tls_key_file = certs_->Path("server.key"),
+            .reload_interval = absl::Seconds(1)};
+  }
+
+  // A TLS server whose token file `tokens` holds trainer-a's token alone.
+  void StartWithTokenA(const std::string& tokens) {
+    WriteFile(tokens, absl::StrCat("trainer-a ", kTokenA, "\n"));
+    ServerSecurityOptions security = Tls();
+    security.auth_tokens_file = tokens;
+    Start(security);
+  }
+
+  ClientOptions WithToken(const char* token) const {
+    ClientOptions o = ClientTls();
+    o.bearer_token = token;
+    return o;
+  }
+
+  // Polls `ok` every 100 ms for up to 15 s (a few reload intervals): whether it became true.
+  static bool Eventually(const std::function<bool()>& ok) {
+    for (int i = 0; i < 150; ++i) {
+      if (ok()) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
   }
 
   ClientOptions ClientTls() const {
@@ -173,14 +201,8 @@ TEST_F(AuthTest, BearerTokensAreCheckedAndNamedInTheAccessLog) {
 
 TEST_F(AuthTest, TokensReloadAndABadFileKeepsTheOldOnes) {
   const std::string tokens = certs_->Path("tokens-reload.txt");
-  WriteFile(tokens, absl::StrCat("trainer-a ", kTokenA, "\n"));
-  ServerSecurityOptions security = Tls();
-  security.auth_tokens_file = tokens;
-  Start(security);
-  ClientOptions a = ClientTls();
-  a.bearer_token = kTokenA;
-  ClientOptions b = ClientTls();
-  b.bearer_token = kTokenB;
+  StartWithTokenA(tokens);
+  const ClientOptions a = WithToken(kTokenA), b = WithToken(kTokenB);
   EXPECT_TRUE(Call(a).ok());
   EXPECT_EQ(Call(b).code(), absl::StatusCode::kPermissionDenied);
 
@@ -194,6 +216,101 @@ TEST_F(AuthTest, TokensReloadAndABadFileKeepsTheOldOnes) {
   WriteFile(tokens, "notebook short\n");
   EXPECT_EQ(server_->ReloadAuthTokens().status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Call(b).ok()) << "a bad file leaves the tokens in use";
+}
+
+// Kubernetes updates a mounted Secret by pointing a symlink at a new directory; cert-manager
+// rotates certificates that way. New handshakes must get the new certificate without a restart,
+// and connections already open keep working.
+TEST_F(AuthTest, ARotatedCertificateServesNewHandshakesAndOpenConnectionsKeepTheirs) {
+  namespace fs = std::filesystem;
+  const fs::path dir = certs_->Path("rotation");
+  fs::create_directories(dir / "v1");
+  fs::create_directories(dir / "v2");
+  fs::copy_file(certs_->Path("server.pem"), dir / "v1/tls.crt");
+  fs::copy_file(certs_->Path("server.key"), dir / "v1/tls.key");
+  fs::copy_file(certs_->Path("next-server.pem"), dir / "v2/tls.crt");
+  fs::copy_file(certs_->Path("next-server.key"), dir / "v2/tls.key");
+  fs::create_directory_symlink("v1", dir / "current");
+  ServerSecurityOptions security = Tls();
+  security.tls_cert_file = dir / "current/tls.crt";
+  security.tls_key_file = dir / "current/tls.key";
+  Start(security);
+
+  ClientOptions old_ca = ClientTls();
+  ClientOptions next_ca = ClientTls();
+  next_ca.tls_ca_file = certs_->Path("next-ca.pem");
+  ASSERT_TRUE(Call(old_ca).ok()) << Call(old_ca);
+  EXPECT_EQ(Call(next_ca).code(), absl::StatusCode::kUnavailable) << "not rotated yet";
+  absl::StatusOr<std::unique_ptr<Client>> open = Client::Connect(old_ca);
+  ASSERT_TRUE(open.ok()) << open.status();
+  const v1::ForwardRequest request = DenseForwardRequest(RequestSpec{});
+  ASSERT_TRUE((*open)->Forward(request).ok());
+
+  fs::create_directory_symlink("v2", dir / "current.new");
+  fs::rename(dir / "current.new", dir / "current");  // atomic, like kubelet's ..data swap
+  EXPECT_TRUE(Eventually([&] { return Call(next_ca).ok(); })) << "the new certificate was never served";
+  EXPECT_EQ(Call(old_ca).code(), absl::StatusCode::kUnavailable) << "new handshakes get the new certificate";
+  const absl::StatusOr<v1::ForwardResponse> on_open = (*open)->Forward(request);
+  EXPECT_TRUE(on_open.ok()) << on_open.status() << ": an open connection keeps its session";
+}
+
+// A half-written rotation (a key that does not belong to the certificate) must not take the
+// server off the air: the last good pair stays in use.
+TEST_F(AuthTest, AMismatchedKeyAndCertificateKeepTheLastGoodPair) {
+  namespace fs = std::filesystem;
+  const fs::path dir = certs_->Path("mismatch");
+  fs::create_directories(dir);
+  fs::copy_file(certs_->Path("server.pem"), dir / "tls.crt");
+  fs::copy_file(certs_->Path("server.key"), dir / "tls.key");
+  ServerSecurityOptions security = Tls();
+  security.tls_cert_file = dir / "tls.crt";
+  security.tls_key_file = dir / "tls.key";
+  Start(security);
+  ASSERT_TRUE(Call(ClientTls()).ok());
+
+  fs::copy_file(certs_->Path("next-server.pem"), dir / "tls.crt.new");
+  fs::rename(dir / "tls.crt.new", dir / "tls.crt");  // the certificate moves on, the key does not
+  absl::SleepFor(absl::Seconds(3));                  // several reload intervals
+  const absl::Status still = Call(ClientTls());
+  EXPECT_TRUE(still.ok()) << still;
+
+  fs::copy_file(certs_->Path("next-server.key"), dir / "tls.key.new");
+  fs::rename(dir / "tls.key.new", dir / "tls.key");  // now the pair matches again
+  ClientOptions next_ca = ClientTls();
+  next_ca.tls_ca_file = certs_->Path("next-ca.pem");
+  EXPECT_TRUE(Eventually([&] { return Call(next_ca).ok(); })) << "the completed pair was never served";
+}
+
+TEST_F(AuthTest, CertificatesReadOnceAtStartStillServeTls) {
+  ServerSecurityOptions security = Tls();
+  security.reload_interval = absl::ZeroDuration();
+  security.tls_client_ca_file = certs_->Path("ca.pem");
+  Start(security);
+  ClientOptions with_cert = ClientTls();
+  with_cert.tls_cert_file = certs_->Path("client.pem");
+  with_cert.tls_key_file = certs_->Path("client.key");
+  EXPECT_TRUE(Call(with_cert).ok()) << Call(with_cert);
+  EXPECT_EQ(Call(ClientTls()).code(), absl::StatusCode::kUnavailable) << "no client certificate";
+}
+
+// Nobody sends a SIGHUP when a Kubernetes Secret changes: the token file is watched.
+TEST_F(AuthTest, AChangedTokenFileIsReloadedWithoutASignal) {
+  const std::string tokens = certs_->Path("tokens-watched.txt");
+  StartWithTokenA(tokens);
+  const ClientOptions a = WithToken(kTokenA), b = WithToken(kTokenB);
+  ASSERT_TRUE(Call(a).ok());
+  EXPECT_EQ(Call(b).code(), absl::StatusCode::kPermissionDenied);
+
+  const std::string next = tokens + ".new";
+  WriteFile(next, absl::StrCat("notebook ", kTokenB, "\n"));
+  std::filesystem::rename(next, tokens);
+  EXPECT_TRUE(Eventually([&] { return Call(b).ok(); })) << "the new token never worked";
+  EXPECT_EQ(Call(a).code(), absl::StatusCode::kPermissionDenied) << "the removed token still works";
+
+  WriteFile(next, "notebook short\n");  // a bad file: the tokens in use stay
+  std::filesystem::rename(next, tokens);
+  absl::SleepFor(absl::Seconds(3));
+  EXPECT_TRUE(Call(b).ok());
 }
 
 TEST_F(AuthTest, HealthNeedsNoTokenAndTheHealthListenerNeedsNoTls) {
@@ -278,6 +395,12 @@ TEST_F(AuthTest, BadSecurityOptionsAreRefusedAtStartNamingTheFlag) {
       {{.tls_cert_file = certs_->Path("server.pem"), .tls_key_file = certs_->Path("server.key"),
         .auth_tokens_file = bad_tokens},
        absl::StatusCode::kInvalidArgument, "line 1"},
+      {{.tls_cert_file = certs_->Path("server.pem"), .tls_key_file = certs_->Path("server.key"),
+        .reload_interval = absl::Milliseconds(1500)},
+       absl::StatusCode::kInvalidArgument, "--security_reload_interval"},
+      {{.tls_cert_file = certs_->Path("server.pem"), .tls_key_file = certs_->Path("server.key"),
+        .reload_interval = absl::Seconds(-1)},
+       absl::StatusCode::kInvalidArgument, "--security_reload_interval"},
   };
   for (const Case& c : cases) {
     const absl::Status status = start(c.security);

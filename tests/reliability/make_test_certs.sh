@@ -4,6 +4,7 @@
 #   server.pem server.key      signed by it, for 127.0.0.1 / ::1 / localhost
 #   client.pem client.key      signed by it, CN=trainer-a (mutual TLS)
 #   rogue-ca.pem rogue-client.pem rogue-client.key   a client of another CA, which attnd must refuse
+#   next-ca.pem next-server.pem next-server.key      a second server identity (certificate rotation)
 # P-256 keys, valid for two days. Nothing here is ever used outside a test.
 set -euo pipefail
 out=${1:?usage: make_test_certs.sh OUTDIR}
@@ -26,7 +27,9 @@ leaf() {  # name CA CN extensions
 }
 ca ca "attnd test CA"
 ca rogue-ca "rogue test CA"
+ca next-ca "attnd next test CA"
 leaf server ca localhost $'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth'
+leaf next-server next-ca localhost $'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth'
 leaf client ca trainer-a 'extendedKeyUsage=clientAuth'
 leaf rogue-client rogue-ca trainer-a 'extendedKeyUsage=clientAuth'
 rm -f ./*.srl
