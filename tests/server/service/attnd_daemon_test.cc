@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -199,7 +200,10 @@ TEST(AttndDaemonTest, ServesThenFinishesAcceptedCallsOnSigtermAndExitsZero) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   ASSERT_GT(answered.load(), 0);
-  absl::SleepFor(one_call / 4);  // let the uploads land; at least two calls' work is still queued
+  // Let the uploads (under a MiB each) land; at least two calls' work is still queued. Never a
+  // fraction of one_call: on a loaded machine the timed call can be far slower than the later ones,
+  // and all of them would finish before the signal.
+  absl::SleepFor(std::min(one_call / 4, absl::Milliseconds(20)));
   const absl::Time signalled = absl::Now();
   daemon.Signal(SIGTERM);
   int after_signal = 0;
