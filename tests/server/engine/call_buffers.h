@@ -32,34 +32,33 @@ struct CallBuffers {
   CallTimings timings;  // where the engine reports the call's stages (Forward/Backward point here)
 
   ForwardArgs Forward() {
-    ForwardArgs a;
-    a.shape = &shape;
-    a.options = options;
-    a.dtype = dtype;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
+    ForwardArgs a = Common<ForwardArgs>();
     a.out = out.data();
     a.lse = lse.data();
-    a.control = control;
-    a.timings = &timings;
     return a;
   }
   // With out and lse as inputs (of the forward they came from).
   BackwardArgs Backward() {
-    BackwardArgs a;
-    a.shape = &shape;
-    a.options = options;
-    a.dtype = dtype;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
+    BackwardArgs a = Common<BackwardArgs>();
     a.out = out.data();
     a.lse = lse.data();
     a.grad_out = grad_out.data();
     a.grad_q = grad_q.data();
     a.grad_k = grad_k.data();
     a.grad_v = grad_v.data();
+    return a;
+  }
+
+ private:
+  template <typename Args>
+  Args Common() {
+    Args a;
+    a.shape = &shape;
+    a.options = options;
+    a.dtype = dtype;
+    a.q = q.data();
+    a.k = k.data();
+    a.v = v.data();
     a.control = control;
     a.timings = &timings;
     return a;
