@@ -126,7 +126,8 @@ struct TensorPlacement {
   // a shared-memory region under cudaHostRegister, or lent by the backend's pinned pool), so a GPU
   // backend may DMA from and to all of them directly. The front end knows which memory it
   // registered; a driver query per buffer per call is what this flag saves. False: the backend
-  // decides per buffer (its own pool's memory it recognizes; other memory is staged).
+  // decides per buffer (its own pool's memory it recognizes; other memory is staged). A wrong
+  // mark costs speed, never correctness: cudaMemcpyAsync takes pageable memory too, synchronously.
   bool host_page_locked = false;
 };
 

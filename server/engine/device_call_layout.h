@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "server/core/attention_problem.h"
+
 namespace attnd::engine {
 
 class DeviceCallLayout {
@@ -34,6 +36,14 @@ class DeviceCallLayout {
  private:
   size_t total_ = 0;
 };
+
+// The device bytes of a forward (backward) call of `shape` in `dtype` grown to `rows` rows of q and
+// of k: its tensors as the CUDA backend places them (forward: q, k, v, out, lse; backward: q, k, v,
+// out, grad_out, lse, grad_q, grad_k, grad_v), two cu_seqlens arrays of `cu_bytes` each, and
+// `workspace`. With rows = the call's own rows, exactly its layout; with the batcher's
+// reserve_rows, what it reserves.
+size_t ForwardCallBytes(const AttentionShape& shape, DType dtype, int64_t rows, size_t cu_bytes, size_t workspace);
+size_t BackwardCallBytes(const AttentionShape& shape, DType dtype, int64_t rows, size_t cu_bytes, size_t workspace);
 
 // The bytes a call asks its pool for: `exact` (its own layout), or `reserved` (its layout at the
 // caller's reserve_rows; 0: none) when that is larger and `lanes` reservations fit in a

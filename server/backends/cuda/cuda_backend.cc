@@ -61,32 +61,6 @@ std::string Purpose(const char* direction, const AttentionShape& s, DType dtype)
                       std::string(DTypeName(dtype)), ")");
 }
 
-// Bytes of a call's device allocation had it `rows` rows of q and of k (tensors in the order the
-// call adds them; cu_seqlens as the call's own): what a call of the batcher reserves.
-struct RowBytes {
-  size_t q, kv, lse;  // one row of q (also out, grad_out, grad_q); of k (v, grad_k, grad_v); of lse
-};
-RowBytes RowBytesOf(const AttentionShape& s, DType dtype) {
-  const size_t es = ElementSize(dtype);
-  return {size_t(s.heads_q) * s.head_dim * es, size_t(s.heads_kv) * s.head_dim * es, size_t(s.heads_q) * sizeof(float)};
-}
-size_t ReservedForwardBytes(const AttentionShape& s, DType dtype, size_t rows, size_t cu_bytes, size_t workspace) {
-  const RowBytes r = RowBytesOf(s, dtype);
-  engine::DeviceCallLayout l;
-  for (size_t bytes : {r.q * rows, r.kv * rows, r.kv * rows, cu_bytes, cu_bytes, r.q * rows, r.lse * rows}) l.Add(bytes);
-  l.Add(workspace);
-  return l.total();
-}
-size_t ReservedBackwardBytes(const AttentionShape& s, DType dtype, size_t rows, size_t cu_bytes, size_t workspace) {
-  const RowBytes r = RowBytesOf(s, dtype);
-  engine::DeviceCallLayout l;
-  for (size_t bytes : {r.q * rows, r.kv * rows, r.kv * rows, r.q * rows, r.q * rows, r.lse * rows, cu_bytes, cu_bytes,
-                       r.q * rows, r.kv * rows, r.kv * rows}) {
-    l.Add(bytes);
-  }
-  l.Add(workspace);
-  return l.total();
-}
 // The kernels' Params of the same call grown to `rows` rows of q and k (for their workspace).
 template <typename Params>
 Params Grown(Params p, int64_t rows) {
@@ -215,7 +189,8 @@ absl::Status CudaBackend::Forward(const ForwardArgs& args) {
   const int lse = call.Output(args.lse, size_t(LseCount(s)) * sizeof(float));
   call.Workspace(kernels::FlashFwdWorkspaceBytes(p));
   if (const int64_t rows = ReserveRows(args.reserve_rows, args.placement, s); rows > 0) {
-    call.Reserve(ReservedForwardBytes(s, args.dtype, rows, cu_bytes, kernels::FlashFwdWorkspaceBytes(Grown(p, rows))));
+    call.Reserve(
+        engine::ForwardCallBytes(s, args.dtype, rows, cu_bytes, kernels::FlashFwdWorkspaceBytes(Grown(p, rows))));
   }
   return Finish(call.Run(args.control, Purpose("forward", s, args.dtype), args.timings, [&](cudaStream_t stream) {
     p.q = call.device(q);
@@ -265,7 +240,8 @@ absl::Status CudaBackend::Backward(const BackwardArgs& args) {
   const int dv = call.Output(args.grad_v, kv_bytes);
   call.Workspace(kernels::FlashBwdWorkspaceBytes(p));
   if (const int64_t rows = ReserveRows(args.reserve_rows, args.placement, s); rows > 0) {
-    call.Reserve(ReservedBackwardBytes(s, args.dtype, rows, cu_bytes, kernels::FlashBwdWorkspaceBytes(Grown(p, rows))));
+    call.Reserve(
+        engine::BackwardCallBytes(s, args.dtype, rows, cu_bytes, kernels::FlashBwdWorkspaceBytes(Grown(p, rows))));
   }
   return Finish(call.Run(args.control, Purpose("backward", s, args.dtype), args.timings, [&](cudaStream_t stream) {
     p.q = call.device(q);

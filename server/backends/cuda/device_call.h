@@ -3,10 +3,12 @@
 //      whose deadline passed (or that was cancelled) meanwhile stops here, uncomputed;
 //   2. one device allocation from the DeviceMemoryPool for every tensor that is not already on
 //      the device, plus the kernels' workspace (RESOURCE_EXHAUSTED naming the call if it does
-//      not fit under the cap);
-//   3. H2D copies (StagedTransfers), the kernels, D2H copies, all queued on the lane's stream,
-//      with timed events between the stages; the memory goes back to the pool, stream-ordered,
-//      as soon as the last copy is queued;
+//      not fit under the cap); a full batch's worth for the batcher's calls (Reserve), so they
+//      all reuse one block per lane (engine/device_call_layout.h);
+//   3. H2D copies (StagedTransfers: page-locked memory by DMA directly, cu_seqlens through the
+//      lane's pinned room, pageable memory staged), the kernels, D2H copies, all queued on the
+//      lane's stream, with timed events between the stages; the memory goes back to the pool,
+//      stream-ordered, as soon as the last copy is queued;
 //   4. the host drains the outputs chunk by chunk, then fills CallTimings.
 // A call whose tensors are device-resident (TensorPlacement::kDevice) copies only cu_seqlens.
 #pragma once

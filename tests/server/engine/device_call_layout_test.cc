@@ -33,5 +33,23 @@ TEST(DeviceRequestBytes, ACallLargerThanItsReservationOrWithoutOneAsksForItself)
   EXPECT_EQ(DeviceRequestBytes(0, 0, 8 * kGiB, 2), 0u);
 }
 
+// With the call's own rows, exactly its layout; grown to the batcher's reserve_rows, never less
+// (the reservation must fit every call that fits the batch).
+TEST(DeviceCallLayout, ACallGrownToItsReserveRowsNeverNeedsLessThanItself) {
+  const AttentionShape s = DenseShape(2, 100, 100, 16, 4, 128);
+  const size_t cu = 3 * sizeof(int32_t);
+  auto a = DeviceCallLayout::Aligned;
+  const size_t q = 200 * 16 * 128 * 2, kv = 200 * 4 * 128 * 2, lse = 200 * 16 * 4;
+  EXPECT_EQ(ForwardCallBytes(s, DType::kBF16, 200, cu, 0), 2 * a(q) + 2 * a(kv) + a(lse) + 2 * a(cu));
+  EXPECT_EQ(BackwardCallBytes(s, DType::kBF16, 200, cu, 4096),
+            4 * a(q) + 4 * a(kv) + a(lse) + 2 * a(cu) + 4096);
+  size_t last = 0;
+  for (int64_t rows : {200, 201, 1000, 16384}) {
+    const size_t grown = ForwardCallBytes(s, DType::kBF16, rows, cu, 0);
+    EXPECT_GT(grown, last);
+    last = grown;
+  }
+}
+
 }  // namespace
 }  // namespace attnd::engine
