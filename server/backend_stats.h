@@ -59,6 +59,12 @@ struct DeviceStats {
   int busy_streams = 0;             // now
   int64_t launches = 0;             // backend calls that ran kernels (a packed batch is one)
   int64_t routed_requests = 0;      // requests the router sent here (multi-GPU)
+  // Host <-> device bytes by route (engine/transfer_plan.h): page-locked host memory by DMA
+  // directly, pageable memory through pinned staging (a host copy each way), or the driver's
+  // pageable path when no staging could be had.
+  int64_t direct_copy_bytes = 0;
+  int64_t staged_copy_bytes = 0;
+  int64_t pageable_copy_bytes = 0;
 };
 
 struct BackendStats {

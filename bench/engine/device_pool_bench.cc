@@ -4,7 +4,8 @@
 //   DeviceMemoryPool               attnd's caching allocator (server/backends/cuda/device_memory_pool.h)
 // for a few request sizes and for a mixed stream of sizes, each allocation used by one small
 // memset on a stream (so stream order matters). Prints a markdown table: median microseconds per
-// allocate+free pair over several timed rounds, and the driver allocations the pool made.
+// allocate+free pair over several timed rounds, and the driver allocations the pool made; then
+// what one cudaPointerGetAttributes costs (the per-tensor driver query host_page_locked avoids).
 //
 //   device_pool_bench [--rounds=7] [--pairs=2000]
 #include <cuda_runtime_api.h>
@@ -15,6 +16,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "server/backends/cuda/device_memory_pool.h"
@@ -48,6 +50,38 @@ double MedianMicros(int rounds, int pairs, cudaStream_t stream, const std::funct
 }
 
 }  // namespace
+
+// What a driver query per tensor would cost the engine (the alternative to the front end's
+// TensorPlacement::host_page_locked flag): median nanoseconds of one cudaPointerGetAttributes on
+// pageable memory, on memory registered with cudaHostRegister, and on cudaHostAlloc memory.
+void PointerQueryCost() {
+  constexpr size_t kBytes = size_t{16} << 20;
+  constexpr int kCalls = 20000;
+  void* pageable = std::aligned_alloc(4096, kBytes);
+  void* registered = std::aligned_alloc(4096, kBytes);
+  void* pinned = nullptr;
+  CHECK_CUDA(cudaHostRegister(registered, kBytes, cudaHostRegisterPortable));
+  CHECK_CUDA(cudaHostAlloc(&pinned, kBytes, cudaHostAllocPortable));
+  std::printf("\n| cudaPointerGetAttributes on | type | median ns per call |\n|---|---|---|\n");
+  for (auto [name, p] : {std::pair{"pageable heap", pageable}, {"cudaHostRegister'ed", registered},
+                         {"cudaHostAlloc", pinned}}) {
+    std::vector<double> ns;
+    cudaPointerAttributes a{};
+    for (int round = 0; round < 7; ++round) {
+      const Clock::time_point t0 = Clock::now();
+      for (int i = 0; i < kCalls; ++i) {
+        CHECK_CUDA(cudaPointerGetAttributes(&a, static_cast<char*>(p) + (i * 4096) % kBytes));
+      }
+      ns.push_back(std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / kCalls);
+    }
+    std::sort(ns.begin(), ns.end());
+    std::printf("| %s | %d | %.0f |\n", name, static_cast<int>(a.type), ns[ns.size() / 2]);
+  }
+  CHECK_CUDA(cudaHostUnregister(registered));
+  CHECK_CUDA(cudaFreeHost(pinned));
+  std::free(registered);
+  std::free(pageable);
+}
 
 int main(int argc, char** argv) {
   int rounds = 7, pairs = 2000;
@@ -104,6 +138,7 @@ int main(int argc, char** argv) {
     std::printf("| %s | %.2f | %.2f | %.2f | %lld | %lld |\n", w.name.c_str(), naive, async, pooled,
                 static_cast<long long>(s.driver_allocations), static_cast<long long>(s.allocations));
   }
+  PointerQueryCost();
   CHECK_CUDA(cudaStreamDestroy(stream));
   return 0;
 }

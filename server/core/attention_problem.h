@@ -122,6 +122,13 @@ enum class MemorySpace { kHost, kDevice };
 struct TensorPlacement {
   MemorySpace space = MemorySpace::kHost;
   int device = -1;  // the CUDA device ordinal when space == kDevice
+  // kHost only: every host buffer of the call is page-locked (registered with the GPU driver, e.g.
+  // a shared-memory region under cudaHostRegister, or lent by the backend's pinned pool), so a GPU
+  // backend may DMA from and to all of them directly. The front end knows which memory it
+  // registered; a driver query per buffer per call is what this flag saves. False: the backend
+  // decides per buffer (its own pool's memory it recognizes; other memory is staged). A wrong
+  // mark costs speed, never correctness: cudaMemcpyAsync takes pageable memory too, synchronously.
+  bool host_page_locked = false;
 };
 
 // Where one call's time went below the front end, filled by the engine when the caller passes
@@ -150,6 +157,11 @@ struct ForwardArgs {
   CallControl control;
   TensorPlacement placement;        // host unless a transport says the buffers are device memory
   CallTimings* timings = nullptr;   // optional: filled by the engine (see CallTimings)
+  // Rows of q (and, separately, of k) that calls like this one may reach: the batcher's
+  // max_batch_tokens for the calls it runs. A backend that takes memory per call may size it for
+  // that many rows, so that calls of every size up to it reuse the same blocks instead of asking
+  // the driver for larger ones as batch sizes vary. 0: size for this call alone.
+  int64_t reserve_rows = 0;
 };
 
 // Buffers of one backward call (host memory unless `placement` says otherwise). Gradients come
@@ -170,6 +182,7 @@ struct BackwardArgs {
   CallControl control;
   TensorPlacement placement;
   CallTimings* timings = nullptr;
+  int64_t reserve_rows = 0;  // as ForwardArgs::reserve_rows
 };
 
 }  // namespace attnd

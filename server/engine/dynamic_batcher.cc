@@ -315,6 +315,12 @@ void DynamicBatcher::ExecutorLoop() {
   }
 }
 
+int64_t DynamicBatcher::ReserveRows(const Call& call) const {
+  const int64_t cap = options_.max_batch_tokens;
+  if (options_.max_batch_requests <= 1 || call.q_rows > cap || call.k_rows > cap) return 0;
+  return cap;
+}
+
 absl::Status DynamicBatcher::RunAlone(const Call& call) {
   CallTimings* timings = call.key.direction == Direction::kForward ? call.forward.timings : call.backward.timings;
   if (timings != nullptr) {
@@ -322,9 +328,17 @@ absl::Status DynamicBatcher::RunAlone(const Call& call) {
     timings->queue_s = call.queued_s;
     timings->batch_requests = 1;
   }
+  // Sized like the packed calls: the same device blocks serve a call alone and a batch.
+  const int64_t reserve = ReserveRows(call);
   return Guarded([&] {
-    return call.key.direction == Direction::kForward ? backend_->Forward(call.forward)
-                                                     : backend_->Backward(call.backward);
+    if (call.key.direction == Direction::kForward) {
+      ForwardArgs args = call.forward;
+      args.reserve_rows = std::max(args.reserve_rows, reserve);
+      return backend_->Forward(args);
+    }
+    BackwardArgs args = call.backward;
+    args.reserve_rows = std::max(args.reserve_rows, reserve);
+    return backend_->Backward(args);
   });
 }
 
@@ -356,6 +370,7 @@ absl::Status DynamicBatcher::RunPacked(const std::list<Call>& batch, Packers& pa
     for (const Call& c : batch) calls.push_back(&(c.*args));
     auto packed = packer.Pack(calls);
     packed.timings = &timings;
+    packed.reserve_rows = options_.max_batch_tokens;  // every packed call of a key: one block size
     const double gather_s = SecondsSince(start);
     absl::Status status = launch(packed);
     if (!status.ok()) return status;

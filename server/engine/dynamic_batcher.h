@@ -29,6 +29,12 @@
 // break "identical bits run to run" (measured on the H100: packed != alone for deterministic GQA
 // backward, while packed forward equals alone bit for bit).
 //
+// Memory: every call that fits in a batch, packed or alone, reaches the backend with
+// reserve_rows = max_batch_tokens, so a backend that allocates per call (CUDA) sizes its block
+// for a full batch once instead of for each batch size it meets; the packers' own host buffers
+// are sized for a full batch too (batch_packing.h). Steady traffic then allocates nothing, whatever
+// the batch composition.
+//
 // A packed batch that fails is rerun one call at a time, so that one bad call cannot fail its
 // neighbours; each caller gets its own call's status.
 //
@@ -109,6 +115,9 @@ class DynamicBatcher {
   bool NextBatch(std::list<Call>& batch, std::list<Call>& dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RunBatch(std::list<Call>& batch, Packers& packers);
   absl::Status RunAlone(const Call& call);
+  // ForwardArgs::reserve_rows for a call: max_batch_tokens while packing is on and the call fits
+  // in a batch (then a backend sizes its memory for any batch once, see device_call_layout.h).
+  int64_t ReserveRows(const Call& call) const;
   absl::Status RunPacked(const std::list<Call>& batch, Packers& packers);
 
   Backend* const backend_;

@@ -130,6 +130,16 @@ void RegisterEngineMetrics(metrics::MetricsRegistry& registry, const Backend* ba
                               field(&DeviceStats::busy_streams));
     registry.AddCallbackCounter("attnd_gpu_launches_total", "Backend calls that ran kernels on the GPU.", labels,
                                 field(&DeviceStats::launches));
+    for (auto [route, member] : {std::pair{"direct", &DeviceStats::direct_copy_bytes},
+                                 {"staged", &DeviceStats::staged_copy_bytes},
+                                 {"pageable", &DeviceStats::pageable_copy_bytes}}) {
+      metrics::Labels with_route = labels;
+      with_route.push_back({"route", route});
+      registry.AddCallbackCounter("attnd_gpu_copy_bytes_total",
+                                  "Host<->device bytes by route: page-locked memory by DMA directly, pageable "
+                                  "memory through pinned staging, or the driver's pageable path.",
+                                  with_route, field(member));
+    }
     auto pool_of = [device](const BackendStats& s) -> const MemoryPoolStats* {
       const DeviceStats* found = FindDevice(s, device);
       return found == nullptr ? nullptr : &found->memory;

@@ -12,6 +12,8 @@
 //   attnd_gpu_memory_rejected_total{device}               counter: RESOURCE_EXHAUSTED under the cap
 //   attnd_gpu_streams_busy{device}                        gauge
 //   attnd_gpu_launches_total{device}                      counter: backend calls that ran kernels
+//   attnd_gpu_copy_bytes_total{device,route}              counter: direct (page-locked DMA), staged,
+//                                                         pageable (the driver's path)
 //   attnd_device_routed_requests_total{device}            counter (several devices)
 //   attnd_pinned_memory_bytes{state}                      gauge: in_use, reserved, cached, cap
 //   attnd_pinned_memory_driver_allocations_total          counter: cudaHostAlloc calls

@@ -102,6 +102,7 @@ absl::Status ForwardCall::Run(const CallControl& control, CallTimings* timings) 
   args.control = control;
   args.timings = timings;
   if (*device >= 0) args.placement = TensorPlacement{MemorySpace::kDevice, *device};
+  args.placement.host_page_locked = *device < 0 && tensors.HostPageLocked();
   if (absl::Status s = env_.backend->Forward(args); !s.ok()) return s;
   if (out_copy.data != nullptr) std::memcpy(out_copy.data, out->data, out_bytes);
   if (lse_copy.data != nullptr) std::memcpy(lse_copy.data, lse->data, lse_bytes);
@@ -161,8 +162,10 @@ absl::Status BackwardCall::Run(const CallControl& control, CallTimings* timings)
   std::vector<std::tuple<int, const v1::Tensor*, const char*, TensorBytes*>> inputs{
       {6, &header_.grad_out(), "grad_out", &call_.grad_out}};
   if (resident_ != nullptr) {
-    tensors.AddHostTensors("resident_handle");
     const ResidentTensors& r = *resident_;
+    bool pinned = true;
+    for (const TensorBufferPtr& b : {r.q, r.k, r.v, r.out, r.lse}) pinned = pinned && b != nullptr && b->kind() == MemoryKind::kPinnedHost;
+    tensors.AddHostTensors("resident_handle", pinned);
     call_.q = TensorBytes::Shared(r.q->data(), static_cast<int64_t>(r.q->size()), resident_);
     call_.k = TensorBytes::Shared(r.k->data(), static_cast<int64_t>(r.k->size()), resident_);
     call_.v = TensorBytes::Shared(r.v->data(), static_cast<int64_t>(r.v->size()), resident_);
@@ -202,6 +205,7 @@ absl::Status BackwardCall::Run(const CallControl& control, CallTimings* timings)
   args.control = control;
   args.timings = timings;
   if (*device >= 0) args.placement = TensorPlacement{MemorySpace::kDevice, *device};
+  args.placement.host_page_locked = *device < 0 && tensors.HostPageLocked();
   if (absl::Status s = env_.backend->Backward(args); !s.ok()) return s;
 
   const std::vector<int64_t> q_shape =

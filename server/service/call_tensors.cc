@@ -19,7 +19,11 @@ absl::StatusOr<ResolvedSpan> CallTensors::Resolve(const v1::RegionSpan& span, ab
                                                       "IPC), and this daemon's backend reads host buffers only"));
   }
   leases_.push_back(resolved->lease);
-  placements_.emplace_back(std::string(name), resolved->kind == MemoryKind::kDevice ? resolved->device : -1);
+  if (resolved->kind == MemoryKind::kDevice) {
+    placements_.emplace_back(std::string(name), resolved->device);
+  } else {
+    AddHost(name, resolved->kind == MemoryKind::kPinnedHost);
+  }
   spans_.push_back({std::string(name), span.region_id(), span.offset(), span.offset() + span.size(), output});
   return resolved;
 }
@@ -37,12 +41,13 @@ absl::StatusOr<TensorBytes> CallTensors::Input(const v1::Tensor& tensor, InlineT
     absl::StatusOr<TensorBufferPtr> copy = context_.allocator->Allocate(span->size, name);
     if (!copy.ok()) return copy.status();
     std::memcpy((*copy)->data(), span->data, span->size);
+    all_page_locked_ = all_page_locked_ && (*copy)->kind() == MemoryKind::kPinnedHost;  // the call reads the copy
     *buffer = *copy;
     return TensorBytes::Shared((*copy)->data(), static_cast<int64_t>(span->size), *copy);
   }
   absl::StatusOr<TensorBufferPtr> taken = inline_tensors.Take(field, context_.allocator, name);
   if (!taken.ok()) return taken.status();
-  placements_.emplace_back(std::string(name), -1);
+  AddHost(name, (*taken)->kind() == MemoryKind::kPinnedHost);
   *buffer = *taken;
   return TensorBytes::Shared((*taken)->data(), static_cast<int64_t>((*taken)->size()), *taken);
 }
@@ -57,7 +62,7 @@ absl::StatusOr<OutputTarget> CallTensors::Output(const v1::RegionSpan* region, a
   }
   absl::StatusOr<TensorBufferPtr> buffer = context_.allocator->Allocate(static_cast<size_t>(bytes), name);
   if (!buffer.ok()) return buffer.status();
-  placements_.emplace_back(std::string(name), -1);
+  AddHost(name, (*buffer)->kind() == MemoryKind::kPinnedHost);
   target.buffer = *std::move(buffer);
   target.data = target.buffer->data();
   return target;

@@ -49,14 +49,19 @@ class CallTensors {
                                     absl::string_view name, bool keep, TensorBufferPtr* buffer);
   // An output of `bytes` bytes: `region` when set (named `name` in errors), else a new buffer.
   absl::StatusOr<OutputTarget> Output(const v1::RegionSpan* region, absl::string_view name, int64_t bytes);
-  // Tensors that reach the call in host memory by another way (a resident handle's buffers).
-  void AddHostTensors(absl::string_view name) { placements_.emplace_back(std::string(name), -1); }
+  // Tensors that reach the call in host memory by another way (a resident handle's buffers);
+  // `page_locked` when that memory is (see HostPageLocked).
+  void AddHostTensors(absl::string_view name, bool page_locked = false) { AddHost(name, page_locked); }
   // INVALID_ARGUMENT when an output span overlaps another span of the call. Call once all are known.
   absl::Status CheckOverlaps() const;
   // Where the call's tensors are: -1 when all in host memory, else the CUDA device holding every
   // one of them (CUDA IPC regions). A call that mixes host and device memory, or two devices, is
   // INVALID_ARGUMENT: a backend runs a call in one memory space. Call once all are known.
   absl::StatusOr<int> Device() const;
+  // Whether every host tensor of the call is page-locked (regions registered with the GPU driver,
+  // buffers lent by the backend's pinned pool): TensorPlacement::host_page_locked, so a GPU backend
+  // copies them by DMA without staging and without asking the driver about each pointer.
+  bool HostPageLocked() const { return !placements_.empty() && all_page_locked_; }
 
  private:
   struct Span {
@@ -65,10 +70,15 @@ class CallTensors {
     bool output;
   };
   absl::StatusOr<ResolvedSpan> Resolve(const v1::RegionSpan& span, absl::string_view name, bool output);
+  void AddHost(absl::string_view name, bool page_locked) {
+    placements_.emplace_back(std::string(name), -1);
+    all_page_locked_ = all_page_locked_ && page_locked;
+  }
 
   const TransportContext& context_;
   std::vector<Span> spans_;
   std::vector<std::pair<std::string, int>> placements_;  // tensor -> device (-1: host)
+  bool all_page_locked_ = true;                           // of the host tensors so far
   std::vector<std::shared_ptr<const void>> leases_;  // held until the call's tensors are dropped
 };
 

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -20,6 +22,7 @@
 #include "server/backends/cuda/device_memory_pool.h"
 #include "server/backends/cuda/pinned_host_pool.h"
 #include "server/backends/cuda/stream_lanes.h"
+#include "server/engine/device_call_layout.h"
 
 namespace attnd {
 namespace {
@@ -58,6 +61,23 @@ std::string Purpose(const char* direction, const AttentionShape& s, DType dtype)
                       std::string(DTypeName(dtype)), ")");
 }
 
+// The kernels' Params of the same call grown to `rows` rows of q and k (for their workspace).
+template <typename Params>
+Params Grown(Params p, int64_t rows) {
+  p.total_q = p.total_k = rows;
+  p.max_seqlen_q = p.max_seqlen_k = static_cast<int>(rows);
+  return p;
+}
+// The rows a call reserves for: the caller's hint, for host tensors, when it is no smaller than
+// the call itself and fits the kernels' int rows; 0: none.
+int64_t ReserveRows(int64_t reserve_rows, const TensorPlacement& placement, const AttentionShape& s) {
+  if (placement.space != MemorySpace::kHost || reserve_rows < std::max(s.total_q, s.total_k) ||
+      reserve_rows > std::numeric_limits<int32_t>::max()) {
+    return 0;
+  }
+  return reserve_rows;
+}
+
 // A device-resident call must be on this GPU, with pointers the driver knows as its memory (a
 // host pointer here would make the kernels fault and take the whole context down).
 absl::Status CheckResident(const TensorPlacement& placement, int device,
@@ -89,7 +109,7 @@ class CudaBackend final : public Backend {
         device_(std::move(device)),
         memory_(std::move(memory)),
         lanes_(std::move(lanes)),
-        context_{options_.device, memory_.get(), options_.pinned.get(), lanes_.get()} {}
+        context_{options_.device, memory_.get(), options_.pinned.get(), lanes_.get(), &transfers_} {}
 
   std::string_view name() const override { return "cuda"; }
   std::vector<DeviceDescription> Devices() const override { return {device_}; }
@@ -117,6 +137,9 @@ class CudaBackend final : public Backend {
     d.streams = lanes_->count();
     d.busy_streams = lanes_->busy();
     d.launches = launches_.load(std::memory_order_relaxed);
+    d.direct_copy_bytes = transfers_.direct_bytes.load(std::memory_order_relaxed);
+    d.staged_copy_bytes = transfers_.staged_bytes.load(std::memory_order_relaxed);
+    d.pageable_copy_bytes = transfers_.pageable_bytes.load(std::memory_order_relaxed);
     stats.devices.push_back(std::move(d));
     stats.has_pinned_host = true;
     stats.pinned_host = options_.pinned->Stats();  // one pool for every GPU: the same numbers
@@ -132,6 +155,7 @@ class CudaBackend final : public Backend {
   const DeviceDescription device_;
   const std::unique_ptr<DeviceMemoryPool> memory_;
   const std::unique_ptr<StreamLanes> lanes_;
+  TransferCounters transfers_;
   const DeviceContext context_;
   std::atomic<int64_t> launches_{0};
 };
@@ -164,6 +188,10 @@ absl::Status CudaBackend::Forward(const ForwardArgs& args) {
   const int out = call.Output(args.out, q_bytes);
   const int lse = call.Output(args.lse, size_t(LseCount(s)) * sizeof(float));
   call.Workspace(kernels::FlashFwdWorkspaceBytes(p));
+  if (const int64_t rows = ReserveRows(args.reserve_rows, args.placement, s); rows > 0) {
+    call.Reserve(
+        engine::ForwardCallBytes(s, args.dtype, rows, cu_bytes, kernels::FlashFwdWorkspaceBytes(Grown(p, rows))));
+  }
   return Finish(call.Run(args.control, Purpose("forward", s, args.dtype), args.timings, [&](cudaStream_t stream) {
     p.q = call.device(q);
     p.k = call.device(k);
@@ -211,6 +239,10 @@ absl::Status CudaBackend::Backward(const BackwardArgs& args) {
   const int dq = call.Output(args.grad_q, q_bytes), dk = call.Output(args.grad_k, kv_bytes);
   const int dv = call.Output(args.grad_v, kv_bytes);
   call.Workspace(kernels::FlashBwdWorkspaceBytes(p));
+  if (const int64_t rows = ReserveRows(args.reserve_rows, args.placement, s); rows > 0) {
+    call.Reserve(
+        engine::BackwardCallBytes(s, args.dtype, rows, cu_bytes, kernels::FlashBwdWorkspaceBytes(Grown(p, rows))));
+  }
   return Finish(call.Run(args.control, Purpose("backward", s, args.dtype), args.timings, [&](cudaStream_t stream) {
     p.q = call.device(q);
     p.k = call.device(k);

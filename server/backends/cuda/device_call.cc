@@ -1,10 +1,12 @@
 #include "server/backends/cuda/device_call.h"
 
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "server/backends/cuda/cuda_status.h"
 #include "server/backends/cuda/staged_transfers.h"
+#include "server/engine/device_call_layout.h"
 
 namespace attnd {
 namespace {
@@ -21,8 +23,6 @@ absl::StatusOr<double> ElapsedSeconds(cudaEvent_t from, cudaEvent_t to) {
   return ms * 1e-3;
 }
 
-size_t Aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 }  // namespace
 
 int DeviceCall::Input(const void* data, size_t bytes, bool host_only) {
@@ -30,6 +30,7 @@ int DeviceCall::Input(const void* data, size_t bytes, bool host_only) {
   t.host_in = data;
   t.bytes = bytes;
   t.copied = host_only || !resident_;
+  t.host_only = host_only;
   if (!t.copied) t.device = const_cast<void*>(data);  // the kernels take const pointers anyway
   tensors_.push_back(t);
   return static_cast<int>(tensors_.size()) - 1;
@@ -64,14 +65,13 @@ absl::Status DeviceCall::Run(const CallControl& control, const std::string& purp
 absl::Status DeviceCall::Execute(StreamLane& lane, const std::string& purpose, CallTimings* timings,
                                  absl::FunctionRef<cudaError_t(cudaStream_t)> launch) {
   const cudaStream_t stream = lane.stream;
-  size_t total = 0;
+  engine::DeviceCallLayout layout;
   for (Tensor& t : tensors_) {
-    if (!t.copied) continue;
-    t.offset = total;
-    total += Aligned(t.bytes);
+    if (t.copied) t.offset = layout.Add(t.bytes);
   }
-  const size_t workspace_at = total;
-  total += Aligned(workspace_bytes_);
+  const size_t workspace_at = layout.Add(workspace_bytes_);
+  const size_t total = engine::DeviceRequestBytes(layout.total(), reserved_bytes_, context_.memory->cap_bytes(),
+                                                  context_.lanes->count());
 
   DeviceMemoryPool::Allocation memory;
   if (total > 0) {
@@ -85,11 +85,21 @@ absl::Status DeviceCall::Execute(StreamLane& lane, const std::string& purpose, C
   // Declared after `memory`: destroyed first, so a failed call waits for its copies before the
   // memory (stream-ordered anyway) and the staging go back.
   StagedTransfers transfers(context_.pinned, &lane);
+  size_t metadata_used = 0;
   for (Tensor& t : tensors_) {
     if (!t.copied) continue;
     t.device = base + t.offset;
-    if (t.host_in != nullptr) transfers.AddInput(t.device, t.host_in, t.bytes);
-    if (t.host_out != nullptr) transfers.AddOutput(t.host_out, t.device, t.bytes);
+    bool page_locked = host_page_locked_ && !t.host_only;  // the caller's flag covers its tensors
+    const void* from = t.host_in;
+    if (t.host_only && from != nullptr && metadata_used + t.bytes <= StreamLanes::kMetadataBytes) {
+      void* room = static_cast<std::byte*>(lane.metadata) + metadata_used;
+      std::memcpy(room, from, t.bytes);
+      metadata_used += engine::DeviceCallLayout::Aligned(t.bytes);
+      from = room;
+      page_locked = true;
+    }
+    if (from != nullptr) transfers.AddInput(t.device, from, t.bytes, page_locked);
+    if (t.host_out != nullptr) transfers.AddOutput(t.host_out, t.device, t.bytes, page_locked);
   }
 
   ATTND_RETURN_IF_CUDA(cudaEventRecord(lane.start, stream), "recording the call's start");
@@ -104,6 +114,11 @@ absl::Status DeviceCall::Execute(StreamLane& lane, const std::string& purpose, C
   const Clock::time_point kernels_done = Clock::now();
   if (absl::Status st = transfers.FinishOutputs(); !st.ok()) return st;
   const Clock::time_point outputs_done = Clock::now();
+  if (context_.transfers != nullptr) {
+    context_.transfers->direct_bytes.fetch_add(transfers.direct_bytes(), std::memory_order_relaxed);
+    context_.transfers->staged_bytes.fetch_add(transfers.staged_bytes(), std::memory_order_relaxed);
+    context_.transfers->pageable_bytes.fetch_add(transfers.pageable_bytes(), std::memory_order_relaxed);
+  }
 
   if (timings != nullptr) {
     absl::StatusOr<double> h2d = ElapsedSeconds(lane.start, lane.inputs_ready);

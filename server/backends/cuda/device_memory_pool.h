@@ -56,6 +56,7 @@ class DeviceMemoryPool {
   void ReleaseCached() { cache_.ReleaseCached(); }
 
   MemoryPoolStats Stats() const { return cache_.Stats(); }
+  int64_t cap_bytes() const { return cache_.cap_bytes(); }
   int device() const { return device_; }
 
   static constexpr size_t kMinBlockBytes = 64 << 10;

@@ -8,14 +8,16 @@
 namespace attnd {
 namespace {
 
-size_t PageableBytes(const auto& pieces) {
-  size_t total = 0;
-  for (const auto& p : pieces) total += p.pinned ? 0 : p.bytes;
-  return total;
-}
-
 std::byte* At(void* base, size_t offset) { return static_cast<std::byte*>(base) + offset; }
 const std::byte* At(const void* base, size_t offset) { return static_cast<const std::byte*>(base) + offset; }
+
+template <typename Pieces>
+std::vector<engine::TransferPiece> What(const Pieces& pieces) {
+  std::vector<engine::TransferPiece> what;
+  what.reserve(pieces.size());
+  for (const auto& p : pieces) what.push_back(p.what);
+  return what;
+}
 
 }  // namespace
 
@@ -23,20 +25,24 @@ StagedTransfers::~StagedTransfers() {
   if (in_flight_) cudaStreamSynchronize(lane_->stream);
 }
 
-void StagedTransfers::AddInput(void* device, const void* host, size_t bytes) {
-  if (bytes == 0) return;
-  inputs_.push_back({device, host, bytes, pinned_ != nullptr && pinned_->Contains(host, bytes)});
+bool StagedTransfers::InPool(const void* host, size_t bytes) const {
+  return pinned_ != nullptr && pinned_->Contains(host, bytes);
 }
 
-void StagedTransfers::AddOutput(void* host, const void* device, size_t bytes) {
+void StagedTransfers::AddInput(void* device, const void* host, size_t bytes, bool page_locked) {
   if (bytes == 0) return;
-  outputs_.push_back({host, device, bytes, pinned_ != nullptr && pinned_->Contains(host, bytes)});
+  inputs_.push_back({device, host, {bytes, page_locked || InPool(host, bytes)}});
+}
+
+void StagedTransfers::AddOutput(void* host, const void* device, size_t bytes, bool page_locked) {
+  if (bytes == 0) return;
+  outputs_.push_back({host, device, {bytes, page_locked || InPool(host, bytes)}});
 }
 
 bool StagedTransfers::EnsureStaging() {
   if (staging_tried_) return staging_.get() != nullptr;
   staging_tried_ = true;
-  const size_t bytes = std::max(PageableBytes(inputs_), PageableBytes(outputs_));
+  const size_t bytes = std::max(engine::PageableBytes(What(inputs_)), engine::PageableBytes(What(outputs_)));
   if (bytes == 0 || pinned_ == nullptr) return false;
   absl::StatusOr<PinnedHostPool::Block> block = pinned_->Allocate(bytes, "staging of a call's tensors");
   if (!block.ok()) return false;  // the pool is full: the driver stages pageable copies itself
@@ -44,62 +50,53 @@ bool StagedTransfers::EnsureStaging() {
   return true;
 }
 
-// Chunks large enough to keep the DMA engine busy, few enough for the lane's events.
-size_t StagedTransfers::ChunkBytes(const std::vector<Piece>& pieces) {
-  const size_t spare_events = StreamLanes::kChunkEvents - pieces.size();
-  const size_t by_events = (PageableBytes(pieces) + spare_events - 1) / spare_events;
-  return std::max(kMinChunkBytes, by_events);
+engine::TransferPlan StagedTransfers::Plan(const std::vector<Piece>& pieces) {
+  const std::vector<engine::TransferPiece> what = What(pieces);
+  const bool staged = EnsureStaging();
+  engine::TransferPlan plan =
+      engine::PlanTransfers(what, staged, engine::StagingChunkBytes(what, StreamLanes::kChunkEvents, kMinChunkBytes));
+  direct_bytes_ += plan.direct_bytes;
+  staged_bytes_ += plan.staged_bytes;
+  pageable_bytes_ += plan.pageable_bytes;
+  return plan;
 }
 
 absl::Status StagedTransfers::CopyInputs() {
   const cudaStream_t stream = lane_->stream;
-  const bool staged = EnsureStaging();
-  const size_t chunk = ChunkBytes(inputs_);
-  size_t offset = 0;  // in staging
-  for (const Piece& p : inputs_) {
+  const engine::TransferPlan plan = Plan(inputs_);
+  for (const engine::TransferCopy& c : plan.copies) {
+    const Piece& p = inputs_[c.piece];
     in_flight_ = true;
-    if (p.pinned || !staged) {
-      ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(p.dst, p.src, p.bytes, cudaMemcpyHostToDevice, stream), "copying an input");
-      continue;
+    const void* from = At(p.src, c.offset);
+    if (c.route == engine::CopyRoute::kStaged) {
+      engine::ParallelCopy::Shared().Copy(At(staging_.get(), c.staging_offset), from, c.bytes);
+      from = At(staging_.get(), c.staging_offset);
     }
-    for (size_t done = 0; done < p.bytes; done += chunk) {
-      const size_t n = std::min(chunk, p.bytes - done);
-      engine::ParallelCopy::Shared().Copy(At(staging_.get(), offset), At(p.src, done), n);
-      ATTND_RETURN_IF_CUDA(
-          cudaMemcpyAsync(At(p.dst, done), At(staging_.get(), offset), n, cudaMemcpyHostToDevice, stream),
-          "copying an input");
-      offset += n;
-    }
-    staged_bytes_ += static_cast<int64_t>(p.bytes);
+    ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(At(p.dst, c.offset), from, c.bytes, cudaMemcpyHostToDevice, stream),
+                         "copying an input");
   }
   return absl::OkStatus();
 }
 
 absl::Status StagedTransfers::QueueOutputs() {
   const cudaStream_t stream = lane_->stream;
-  const bool staged = EnsureStaging();
-  const size_t chunk = ChunkBytes(outputs_);
-  std::vector<PendingChunk>& pending = pending_;
-  pending.clear();
-  size_t offset = 0;
-  for (const Piece& p : outputs_) {
+  const engine::TransferPlan plan = Plan(outputs_);
+  pending_.clear();
+  for (const engine::TransferCopy& c : plan.copies) {
+    const Piece& p = outputs_[c.piece];
     in_flight_ = true;
-    if (p.pinned || !staged) {
-      ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(p.dst, p.src, p.bytes, cudaMemcpyDeviceToHost, stream),
+    if (c.route != engine::CopyRoute::kStaged) {
+      ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(At(p.dst, c.offset), At(p.src, c.offset), c.bytes, cudaMemcpyDeviceToHost,
+                                           stream),
                            "copying an output");
       continue;
     }
-    for (size_t done = 0; done < p.bytes; done += chunk) {
-      const size_t n = std::min(chunk, p.bytes - done);
-      ATTND_RETURN_IF_CUDA(
-          cudaMemcpyAsync(At(staging_.get(), offset), At(p.src, done), n, cudaMemcpyDeviceToHost, stream),
-          "copying an output");
-      const cudaEvent_t event = lane_->chunk_done[pending.size()];
-      ATTND_RETURN_IF_CUDA(cudaEventRecord(event, stream), "marking an output chunk");
-      pending.push_back({event, At(p.dst, done), At(staging_.get(), offset), n});
-      offset += n;
-    }
-    staged_bytes_ += static_cast<int64_t>(p.bytes);
+    void* staged = At(staging_.get(), c.staging_offset);
+    ATTND_RETURN_IF_CUDA(cudaMemcpyAsync(staged, At(p.src, c.offset), c.bytes, cudaMemcpyDeviceToHost, stream),
+                         "copying an output");
+    const cudaEvent_t event = lane_->chunk_done[pending_.size()];
+    ATTND_RETURN_IF_CUDA(cudaEventRecord(event, stream), "marking an output chunk");
+    pending_.push_back({event, At(p.dst, c.offset), staged, c.bytes});
   }
   return absl::OkStatus();
 }

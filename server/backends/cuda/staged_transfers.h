@@ -1,25 +1,26 @@
 // StagedTransfers: moves one call's host tensors to its device memory and the results back, on
-// the stream of the call's lane.
+// the stream of the call's lane, as engine/transfer_plan.h plans it per direction.
 //
-// Host memory that is page-locked memory of the pool (a HostBuffer the backend lent, or the
-// batcher's packed buffers) is copied by DMA directly. Pageable memory (e.g. protobuf's bytes)
-// goes through one staging block of the PinnedHostPool, in chunks: the host copies chunk i + 1
-// into staging while the DMA engine moves chunk i, and on the way back the host copies chunk i out
-// while chunk i + 1 is in flight. So a large pageable tensor costs about max(memcpy, PCIe) rather
-// than their sum; the host's copies are spread over a few threads (engine/parallel_copy.h). When
-// the pinned pool has no room, the driver's own pageable path is used (slower, still correct).
+// Page-locked host memory is copied by DMA directly: the pool's own (a HostBuffer the backend
+// lent, the batcher's packed buffers: recognized by address), memory the caller says is
+// page-locked (TensorPlacement::host_page_locked: e.g. a shared-memory region the transport
+// registered with cudaHostRegister), and the lane's room for cu_seqlens. Pageable memory (e.g. plain heap buffers) goes through one
+// staging block of the PinnedHostPool, in chunks: the host copies chunk i + 1 into staging while
+// the DMA engine moves chunk i, and on the way back the host copies chunk i out while chunk i + 1
+// is in flight; the host's copies are spread over a few threads (engine/parallel_copy.h). When the
+// pinned pool has no room, the driver's own pageable path is used (slower, still correct).
 //
 // One staging block serves both directions: the D2H copies into it are queued after the H2D
 // copies out of it on the same stream, and the host reads it only after its chunk's event.
 #pragma once
 
 #include <cstddef>
-#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "server/backends/cuda/pinned_host_pool.h"
 #include "server/backends/cuda/stream_lanes.h"
+#include "server/engine/transfer_plan.h"
 
 namespace attnd {
 
@@ -32,8 +33,10 @@ class StagedTransfers {
   StagedTransfers(const StagedTransfers&) = delete;
   StagedTransfers& operator=(const StagedTransfers&) = delete;
 
-  void AddInput(void* device, const void* host, size_t bytes);
-  void AddOutput(void* host, const void* device, size_t bytes);
+  // `page_locked`: the caller knows the host memory is page-locked (TensorPlacement::
+  // host_page_locked); else it counts as such only when it lies in the pinned pool.
+  void AddInput(void* device, const void* host, size_t bytes, bool page_locked = false);
+  void AddOutput(void* host, const void* device, size_t bytes, bool page_locked = false);
 
   // Queues every input copy; returns once the host has copied the pageable ones into staging.
   absl::Status CopyInputs();
@@ -42,7 +45,10 @@ class StagedTransfers {
   // Returns when every result is in the caller's buffers.
   absl::Status FinishOutputs();
 
-  int64_t staged_bytes() const { return staged_bytes_; }  // went through staging (pageable)
+  // Bytes of both directions so far, by route (engine::TransferPlan).
+  int64_t direct_bytes() const { return direct_bytes_; }
+  int64_t staged_bytes() const { return staged_bytes_; }
+  int64_t pageable_bytes() const { return pageable_bytes_; }
 
   static constexpr size_t kMinChunkBytes = size_t{4} << 20;
 
@@ -50,8 +56,7 @@ class StagedTransfers {
   struct Piece {
     void* dst;
     const void* src;
-    size_t bytes;
-    bool pinned;  // the host side is page-locked memory of the pool: DMA straight from/to it
+    engine::TransferPiece what;
   };
   struct PendingChunk {  // a D2H chunk in staging, to copy out once its event fired
     cudaEvent_t done;
@@ -59,9 +64,10 @@ class StagedTransfers {
     const void* src;
     size_t bytes;
   };
+  bool InPool(const void* host, size_t bytes) const;
   // The staging block, sized for the larger direction, on first use. False: none (driver path).
   bool EnsureStaging();
-  static size_t ChunkBytes(const std::vector<Piece>& pieces);
+  engine::TransferPlan Plan(const std::vector<Piece>& pieces);
 
   PinnedHostPool* const pinned_;
   StreamLane* const lane_;
@@ -70,7 +76,7 @@ class StagedTransfers {
   PinnedHostPool::Block staging_;
   bool staging_tried_ = false;
   bool in_flight_ = false;  // copies queued that nobody has waited for yet
-  int64_t staged_bytes_ = 0;
+  int64_t direct_bytes_ = 0, staged_bytes_ = 0, pageable_bytes_ = 0;
 };
 
 }  // namespace attnd

@@ -21,6 +21,8 @@ absl::StatusOr<std::unique_ptr<StreamLanes>> StreamLanes::Create(int device, int
     for (cudaEvent_t& e : l.chunk_done) {
       ATTND_RETURN_IF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "creating a copy event");
     }
+    ATTND_RETURN_IF_CUDA(cudaHostAlloc(&l.metadata, kMetadataBytes, cudaHostAllocPortable),
+                         "pinning a lane's room for cu_seqlens");
   }
   absl::MutexLock lock(&lanes->mu_);
   for (auto& lane : lanes->lanes_) lanes->free_.push_back(lane.get());
@@ -38,6 +40,7 @@ StreamLanes::~StreamLanes() {
       if (e != nullptr) cudaEventDestroy(e);
     }
     if (l->stream != nullptr) cudaStreamDestroy(l->stream);
+    if (l->metadata != nullptr) cudaFreeHost(l->metadata);
   }
 }
 

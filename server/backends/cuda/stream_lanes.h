@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <memory>
 #include <vector>
 
@@ -23,11 +24,17 @@ struct StreamLane {
   cudaEvent_t start = nullptr, inputs_ready = nullptr, kernels_done = nullptr;
   // Untimed: one per D2H chunk, so the host can copy chunk i out while chunk i + 1 is in flight.
   std::vector<cudaEvent_t> chunk_done;
+  // Page-locked room for a call's small host arrays (cu_seqlens), so they go by DMA like the
+  // tensors and a call whose tensors are all page-locked needs no staging block at all. The
+  // call holding the lane owns it; the previous call's copies out of it are done (its stream was
+  // synchronized before the lane came back).
+  void* metadata = nullptr;
 };
 
 class StreamLanes {
  public:
   static constexpr int kChunkEvents = 32;
+  static constexpr size_t kMetadataBytes = size_t{64} << 10;  // cu_seqlens of 8191 sequences, q and k
 
   static absl::StatusOr<std::unique_ptr<StreamLanes>> Create(int device, int count);
   ~StreamLanes();

@@ -1,5 +1,7 @@
 // The dynamic batcher over the CUDA backend on a real GPU: packed launches give every caller what it
-// gets alone (the same bits for forward and for deterministic backward, which never packs); 10k requests leave no memory in use and stop calling the driver once warm;
+// gets alone (the same bits for forward and for deterministic backward, which never packs); 10k
+// requests leave no memory in use and stop calling the driver once warm; batches of varying
+// composition over lent buffers make no driver allocation at all once warm;
 // deadlines, cancellation, a full queue and the memory cap each fail only the call they concern.
 // GPU tests: skipped without a CUDA device.
 #include <gtest/gtest.h>
@@ -181,6 +183,113 @@ TEST_F(CudaBatchingTest, TenThousandRequestsLeakNothingAndStopCallingTheDriverOn
   // Page-locked memory still lent is the batcher's packing buffers; with the batcher gone, none.
   backend_owner.reset();
   EXPECT_EQ(pinned->Stats().in_use_bytes, 0);
+}
+
+// One caller's tensors in host buffers the backend lends (what attnd's front end decodes requests
+// into with a CUDA backend): page-locked, and marked so.
+struct LentCall {
+  HostBuffer q, k, v, out, lse;
+  ForwardArgs args;
+};
+std::unique_ptr<LentCall> Lend(Backend& backend, EngineCall& c) {
+  auto lent = std::make_unique<LentCall>();
+  auto copy = [&backend](const void* bytes, size_t n, HostBuffer& to) {
+    absl::StatusOr<HostBuffer> b = backend.AllocateHostBuffer(n);
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (b.ok()) to = *std::move(b);
+    if (to.data != nullptr) std::memcpy(to.data, bytes, n);
+  };
+  copy(c.q.data(), c.q.size(), lent->q);
+  copy(c.k.data(), c.k.size(), lent->k);
+  copy(c.v.data(), c.v.size(), lent->v);
+  copy(c.out.data(), c.out.size(), lent->out);
+  copy(c.lse.data(), c.lse.size() * 4, lent->lse);
+  lent->args = c.Forward();
+  lent->args.q = lent->q.data;
+  lent->args.k = lent->k.data;
+  lent->args.v = lent->v.data;
+  lent->args.out = lent->out.data;
+  lent->args.lse = static_cast<float*>(lent->lse.data);
+  lent->args.placement.host_page_locked = true;
+  return lent;
+}
+
+// Batched traffic whose batches change size and make-up from launch to launch (five sequence
+// lengths, 24 callers, a token cap that splits batches): once warm, not one driver allocation,
+// device or pinned, and nothing staged: every call, packed or alone, reserves a full batch's
+// device block (reserve_rows), the packers' buffers are sized for a full batch, and lent buffers
+// go by DMA. Answers are checked bitwise against the same calls alone.
+TEST_F(CudaBatchingTest, BatchesOfVaryingCompositionMakeNoDriverAllocationOnceWarm) {
+  engine::BatcherOptions o;
+  o.max_queue_delay = absl::Microseconds(300);
+  o.max_batch_tokens = 2048;
+  o.executor_threads = 2;
+  CudaBackendOptions options;
+  options.streams = 2;
+  std::shared_ptr<PinnedHostPool> pinned = PinnedHostPool::Create(int64_t{4} << 30);  // outlives the backend
+  options.pinned = pinned;
+  BatchingBackend backend(Cuda(options), o);
+  const std::vector<AttentionShape> shapes = {
+      DenseShape(1, 128, 128, 16, 16, 128), DenseShape(1, 17, 300, 16, 16, 128), DenseShape(2, 64, 64, 16, 16, 128),
+      PackedShape({555, 1, 40}, {200, 9, 40}, 16, 16, 128), DenseShape(1, 1000, 1000, 16, 16, 128)};
+  constexpr int kThreads = 24, kWarmRounds = 150, kRounds = 600;
+  std::vector<std::unique_ptr<EngineCall>> calls;
+  std::vector<std::vector<std::unique_ptr<LentCall>>> lent(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      calls.push_back(MakeEngineCall(shapes[i], DType::kBF16, false, 1000 + t * 10 + int(i), /*oracle=*/false));
+      lent[t].push_back(Lend(backend, *calls.back()));
+    }
+  }
+  auto counters = [&] {
+    BackendStats s;
+    backend.CollectStats(s);
+    return s;
+  };
+  auto run = [&](int rounds, int offset) {
+    std::atomic<int64_t> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int r = 0; r < rounds; ++r) {  // each caller cycles through the shapes, out of step
+          const absl::Status st = backend.Forward(lent[t][(t + r + offset) % shapes.size()]->args);
+          if (!st.ok()) ++failures;
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    return failures.load();
+  };
+  ASSERT_EQ(run(kWarmRounds, 0), 0);
+  const BackendStats warm = counters();
+  ASSERT_EQ(run(kRounds, 3), 0);
+  for (auto& call : lent[0]) ASSERT_TRUE(backend.Forward(call->args).ok());  // one caller: each alone
+  const BackendStats done = counters();
+  EXPECT_EQ(done.devices[0].memory.driver_allocations, warm.devices[0].memory.driver_allocations)
+      << "device blocks still being allocated once warm";
+  EXPECT_EQ(done.pinned_host.driver_allocations, warm.pinned_host.driver_allocations)
+      << "pinned blocks still being allocated once warm";
+  EXPECT_EQ(done.devices[0].staged_copy_bytes, warm.devices[0].staged_copy_bytes) << "lent buffers were staged";
+  EXPECT_GT(done.devices[0].direct_copy_bytes, warm.devices[0].direct_copy_bytes);
+  // The traffic did what it claims: packed launches of several sizes, and calls alone too.
+  const int64_t packed = done.batcher.packed_batches - warm.batcher.packed_batches;
+  const int64_t launches = done.devices[0].launches - warm.devices[0].launches;
+  EXPECT_GT(packed, 0);
+  EXPECT_GE(launches - packed, int64_t(shapes.size())) << "the calls alone ran packed";
+  EXPECT_GT(done.batcher.requests_per_batch.max(), 2);
+  EXPECT_GT(done.batcher.tokens_per_batch.max(), 1500) << "no batch came near the token cap";
+  EXPECT_EQ(done.devices[0].memory.in_use_bytes, 0);
+  // Every caller's last answer is the one it gets alone, bit for bit.
+  std::unique_ptr<Backend> alone = Cuda();
+  for (int t = 0; t < kThreads; ++t) {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      EngineCall& c = *calls[t * shapes.size() + i];
+      c.PoisonOutputs();
+      ASSERT_TRUE(alone->Forward(c.Forward()).ok());
+      ASSERT_EQ(std::memcmp(lent[t][i]->out.data, c.out.data(), c.out.size()), 0) << "caller " << t << " shape " << i;
+      ASSERT_EQ(std::memcmp(lent[t][i]->lse.data, c.lse.data(), c.lse.size() * 4), 0) << "caller " << t;
+    }
+  }
 }
 
 TEST_F(CudaBatchingTest, DeadlinesCancellationAndAFullQueueFailOnlyTheirOwnCalls) {

@@ -1,11 +1,13 @@
 // The CUDA backend's engine path on a real GPU: pageable tensors staged through pinned memory in
 // chunks (sizes across chunk boundaries) still match the float64 oracle with every element
-// written; page-locked HostBuffers the backend lends skip the staging; device-resident tensors
-// skip H2D/D2H and give the same bits; stage timings are filled. Skipped without a CUDA device.
+// written; page-locked HostBuffers the backend lends, and registered host memory marked
+// page-locked, skip the staging; device-resident tensors skip H2D/D2H and give the same bits;
+// stage timings are filled. Skipped without a CUDA device.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -104,10 +106,60 @@ TEST_F(CudaEngineTest, LentHostBuffersSkipTheStagingAndGiveTheSameBits) {
   args.v = v.data;
   args.out = out.data;
   args.lse = static_cast<float*>(lse.data);
+  const int64_t staged_before = Stats().devices[0].staged_copy_bytes;
   ASSERT_TRUE(cuda_->Forward(args).ok());
-  EXPECT_EQ(Stats().pinned_host.allocations, pinned_before + 1);  // staging for cu_seqlens alone
+  EXPECT_EQ(Stats().pinned_host.allocations, pinned_before);  // no staging: cu_seqlens go via the lane
+  EXPECT_EQ(Stats().devices[0].staged_copy_bytes, staged_before);
   EXPECT_EQ(std::memcmp(out.data, c->out.data(), c->out.size()), 0);
   EXPECT_EQ(std::memcmp(lse.data, c->lse.data(), c->lse.size() * 4), 0);
+}
+
+// Host memory registered with the driver (what the transport does to a client's shared-memory
+// region: cudaHostRegister) and marked page-locked by the caller goes by DMA straight from and to
+// it: not one byte staged, every byte counted as direct, the same bits as the staged call. The
+// same call without the mark is staged (the counter is live).
+TEST_F(CudaEngineTest, RegisteredHostMemoryIsCopiedByDmaWithoutStaging) {
+  auto c = MakeEngineCall(DenseShape(2, 1000, 1000, 16, 4, 128), DType::kBF16, false, 21);
+  ASSERT_TRUE(cuda_->Forward(c->Forward()).ok());  // pageable: staged
+  ExpectMatchesOracle(*c);
+  const size_t q = c->q.size(), kv = c->k.size(), lse_bytes = c->lse.size() * 4;
+  const size_t total = 2 * q + 2 * kv + lse_bytes;
+  // One page-aligned "region" holding q, k, v, out, lse, registered like a shared-memory mapping.
+  const size_t page = 4096, region_bytes = (total + 5 * page) / page * page;
+  void* region = std::aligned_alloc(page, region_bytes);
+  ASSERT_NE(region, nullptr);
+  std::unique_ptr<void, void (*)(void*)> free_region(region, std::free);
+  auto* base = static_cast<uint8_t*>(region);
+  uint8_t *rq = base, *rk = rq + q, *rv = rk + kv, *rout = rv + kv, *rlse = rout + q;
+  std::memcpy(rq, c->q.data(), q);
+  std::memcpy(rk, c->k.data(), kv);
+  std::memcpy(rv, c->v.data(), kv);
+  ForwardArgs args = c->Forward();
+  args.q = rq;
+  args.k = rk;
+  args.v = rv;
+  args.out = rout;
+  args.lse = reinterpret_cast<float*>(rlse);
+  args.placement.host_page_locked = true;
+  for (int marked : {0, 1}) {
+    SCOPED_TRACE(marked ? "marked page-locked" : "not marked");
+    ASSERT_CUDA(cudaHostRegister(region, region_bytes, cudaHostRegisterPortable));
+    std::memset(rout, 0xFF, q + lse_bytes);  // poisoned
+    args.placement.host_page_locked = marked == 1;
+    const DeviceStats before = Stats().devices[0];
+    ASSERT_TRUE(cuda_->Forward(args).ok());
+    const DeviceStats after = Stats().devices[0];
+    ASSERT_CUDA(cudaHostUnregister(region));
+    if (marked) {
+      EXPECT_EQ(after.staged_copy_bytes, before.staged_copy_bytes) << "registered memory was staged";
+      EXPECT_EQ(after.pageable_copy_bytes, before.pageable_copy_bytes);
+      EXPECT_GE(after.direct_copy_bytes - before.direct_copy_bytes, int64_t(total));  // + cu_seqlens
+    } else {
+      EXPECT_EQ(after.staged_copy_bytes - before.staged_copy_bytes, int64_t(total));
+    }
+    EXPECT_EQ(std::memcmp(rout, c->out.data(), q), 0);
+    EXPECT_EQ(std::memcmp(rlse, c->lse.data(), lse_bytes), 0);
+  }
 }
 
 // Device copies of a call's tensors, freed at the end of the test.

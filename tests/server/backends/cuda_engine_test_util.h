@@ -1,6 +1,6 @@
-// Helpers of the CUDA engine's GPU tests: one call's host tensors (random normal values rounded to
-// the element type, kept as doubles for the float64 oracle; outputs poisoned with NaN bytes so an
-// unwritten element shows), and its ForwardArgs / BackwardArgs.
+// Helpers of the CUDA engine's GPU tests: one call's host tensors and args (CallBuffers, shared with
+// the batcher's tests) filled with random normal values rounded to the element type, kept as
+// doubles for the float64 oracle; outputs poisoned with NaN bytes so an unwritten element shows.
 #pragma once
 
 #include <cmath>
@@ -13,49 +13,13 @@
 #include "server/backend.h"
 #include "server/core/attention_problem.h"
 #include "server/core/float16.h"
+#include "tests/server/engine/call_buffers.h"
 
 namespace attnd::testing {
 
-struct EngineCall {
-  AttentionShape shape;
-  AttentionOptions options;
-  DType dtype = DType::kBF16;
-  std::vector<uint8_t> q, k, v, out, grad_out, grad_q, grad_k, grad_v;
-  std::vector<float> lse;
+struct EngineCall : CallBuffers {
   std::vector<double> qd, kd, vd, grad_out_d;  // the inputs as the oracle sees them
-  CallTimings timings;
 
-  ForwardArgs Forward() {
-    ForwardArgs a;
-    a.shape = &shape;
-    a.options = options;
-    a.dtype = dtype;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
-    a.out = out.data();
-    a.lse = lse.data();
-    a.timings = &timings;
-    return a;
-  }
-  // Backward of the forward whose out/lse this call holds (run Forward first).
-  BackwardArgs Backward() {
-    BackwardArgs a;
-    a.shape = &shape;
-    a.options = options;
-    a.dtype = dtype;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
-    a.out = out.data();
-    a.lse = lse.data();
-    a.grad_out = grad_out.data();
-    a.grad_q = grad_q.data();
-    a.grad_k = grad_k.data();
-    a.grad_v = grad_v.data();
-    a.timings = &timings;
-    return a;
-  }
   void PoisonOutputs() {
     std::memset(out.data(), 0xFF, out.size());  // NaN in every element type
     std::memset(grad_q.data(), 0xFF, grad_q.size());
@@ -88,13 +52,7 @@ inline void FillRandom(std::vector<uint8_t>& bytes, std::vector<double>& values,
   bytes.resize(size_t(n) * ElementSize(t));
   values.resize(size_t(n));
   for (int64_t i = 0; i < n; ++i) {
-    const float f = normal(rng);
-    if (t == DType::kFP32) {
-      std::memcpy(&bytes[size_t(i) * 4], &f, 4);
-    } else {
-      const uint16_t h = t == DType::kBF16 ? FloatToBf16(f) : FloatToFp16(f);
-      std::memcpy(&bytes[size_t(i) * 2], &h, 2);
-    }
+    StoreElement(normal(rng), t, &bytes[size_t(i) * ElementSize(t)]);
     values[size_t(i)] = ToDouble(&bytes[size_t(i) * ElementSize(t)], t);
   }
 }
@@ -111,12 +69,7 @@ inline void FillCheap(std::vector<uint8_t>& bytes, int64_t n, DType t, uint64_t 
   for (int64_t i = 0; i < n; ++i) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     const float f = static_cast<float>(static_cast<int64_t>(x >> 40) - (int64_t{1} << 23)) / float(1 << 23);
-    if (t == DType::kFP32) {
-      std::memcpy(&bytes[size_t(i) * 4], &f, 4);
-    } else {
-      const uint16_t h = t == DType::kBF16 ? FloatToBf16(f) : FloatToFp16(f);
-      std::memcpy(&bytes[size_t(i) * 2], &h, 2);
-    }
+    StoreElement(f, t, &bytes[size_t(i) * ElementSize(t)]);
   }
 }
 

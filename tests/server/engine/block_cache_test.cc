@@ -2,6 +2,7 @@
 // reuse without driver calls, the hard cap refusing one request by name while others carry on,
 // least-recently-freed eviction, the same user preferred, and a driver that runs dry below the cap.
 #include "server/engine/block_cache.h"
+#include "server/engine/device_call_layout.h"
 
 #include <gtest/gtest.h>
 
@@ -212,6 +213,49 @@ TEST(BlockCache, ContainsKnowsItsBlocksCachedOrInUse) {
   EXPECT_FALSE(cache.Contains(p, 10000));
   EXPECT_EQ(cache.Stats().reserved_bytes, 0);
 }
+
+// Packed batches grow and shrink from launch to launch. Asked for by their own sizes, every new
+// largest batch is a new block from the driver (what the H100 showed: 2-5 per load step); asked
+// for with the batcher's reserve_rows (device_call_layout.h), each lane keeps one block whatever
+// the composition.
+TEST(BlockCache, CallsThatReserveAFullBatchReuseOneBlockPerLaneAsBatchesVary) {
+  constexpr size_t kRowBytes = 4096;  // q, k, v, out rows: 16 heads x 128 x bf16
+  constexpr int64_t kMaxRows = 2048, kLanes = 2;
+  auto layout = [](int64_t rows) {
+    DeviceCallLayout l;
+    for (int tensor = 0; tensor < 4; ++tensor) l.Add(size_t(rows) * kRowBytes);
+    l.Add(size_t(rows) * 64);  // lse
+    return l.total();
+  };
+  std::mt19937 rng(11);
+  for (bool reserve : {false, true}) {
+    FakeDriver driver;
+    const int64_t cap = int64_t{1} << 34;
+    BlockCache cache(&driver, cap, kMin, "test memory");
+    int warm_allocations = -1;
+    for (int launch = 0; launch < 4000; ++launch) {
+      if (launch == 200) warm_allocations = driver.allocations_;
+      // Batch sizes drift upwards (a load step brings larger batches), each launch on both lanes.
+      const int64_t most = std::min<int64_t>(kMaxRows, 16 + launch);
+      std::vector<CachedBlock*> held;
+      for (int lane = 1; lane <= kLanes; ++lane) {
+        const size_t exact = layout(1 + int64_t(rng() % most));
+        const size_t asked = reserve ? DeviceRequestBytes(exact, layout(kMaxRows), cap, kLanes) : exact;
+        absl::StatusOr<CachedBlock*> block = cache.Allocate(asked, uintptr_t(lane), "a packed batch");
+        ASSERT_TRUE(block.ok()) << block.status();
+        held.push_back(*block);
+      }
+      for (int lane = 1; lane <= kLanes; ++lane) cache.Free(held[lane - 1], uintptr_t(lane));
+    }
+    if (reserve) {
+      EXPECT_EQ(driver.allocations_, kLanes) << "one block per lane, whatever the batch sizes";
+      EXPECT_EQ(warm_allocations, kLanes);
+    } else {
+      EXPECT_GT(driver.allocations_ - warm_allocations, 0) << "without reserving, new largest batches keep calling";
+    }
+  }
+}
+
 
 }  // namespace
 }  // namespace attnd::engine

@@ -576,3 +576,55 @@ TEST(DynamicBatcher, PackingBuffersAreSizedForAFullBatchOnce) {
 
 }  // namespace
 }  // namespace attnd::engine::testing
+
+namespace attnd::engine::testing {
+namespace {
+
+// Every call that fits in a batch reaches the backend with reserve_rows = max_batch_tokens,
+// packed or alone, so a backend sizes one block for any batch composition; an oversized call, or
+// any call while packing is off, is sized for itself; a page-locked caller keeps its flag.
+TEST(DynamicBatcher, CallsThatFitABatchReserveAFullBatchOfRows) {
+  FakeBackend fake;
+  BatcherOptions o = Options(absl::Hours(1));
+  o.max_batch_tokens = 100;
+  o.max_batch_requests = 2;
+  DynamicBatcher batcher(&fake, o);
+  auto a = MakeCall(DenseShape(1, 30, 30, 2, 1, 4), 1);
+  auto b = MakeCall(DenseShape(1, 20, 20, 2, 1, 4), 2);
+  auto big = MakeCall(DenseShape(1, 150, 150, 2, 1, 4), 3);
+  auto lone = MakeCall(DenseShape(1, 10, 10, 2, 1, 4), 4);
+  Outcome ra, rb, rbig, rlone;
+  batcher.SubmitForward(a->Forward(), ra.Callback());
+  batcher.SubmitForward(b->Forward(), rb.Callback());  // full at two requests: packed
+  ASSERT_TRUE(ra.Wait().ok());
+  ASSERT_TRUE(rb.Wait().ok());
+  batcher.SubmitForward(big->Forward(), rbig.Callback());
+  ASSERT_TRUE(rbig.Wait().ok());
+  ForwardArgs pinned = lone->Forward();
+  pinned.placement.host_page_locked = true;
+  batcher.SubmitForward(pinned, rlone.Callback());
+  batcher.Stop();  // runs the lone call now, alone
+  ASSERT_TRUE(rlone.Wait().ok());
+
+  const std::vector<RecordedCall> seen = fake.calls();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0].shape.total_q, 50);
+  EXPECT_EQ(seen[0].reserve_rows, 100);  // packed
+  EXPECT_EQ(seen[1].shape.total_q, 150);
+  EXPECT_EQ(seen[1].reserve_rows, 0);    // oversized: its own size
+  EXPECT_EQ(seen[2].shape.total_q, 10);
+  EXPECT_EQ(seen[2].reserve_rows, 100);  // alone but fits a batch: the same block size
+  EXPECT_TRUE(seen[2].placement.host_page_locked);
+
+  FakeBackend unpacked;
+  o.max_batch_requests = 1;
+  DynamicBatcher off(&unpacked, o);
+  Outcome r;
+  off.SubmitForward(a->Forward(), r.Callback());
+  ASSERT_TRUE(r.Wait().ok());
+  ASSERT_EQ(unpacked.calls().size(), 1u);
+  EXPECT_EQ(unpacked.calls()[0].reserve_rows, 0);
+}
+
+}  // namespace
+}  // namespace attnd::engine::testing

@@ -1,5 +1,5 @@
-// Helpers of the batcher tests: TestCall owns one caller's shape and host buffers (any dtype),
-// Outcome receives one asynchronous completion.
+// Helpers of the batcher tests: TestCall owns one caller's shape and host buffers (any dtype:
+// call_buffers.h), Outcome receives one asynchronous completion.
 #pragma once
 
 #include <atomic>
@@ -12,50 +12,14 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "server/core/attention_problem.h"
-#include "server/core/float16.h"
 #include "server/engine/dynamic_batcher.h"
+#include "tests/server/engine/call_buffers.h"
 
 namespace attnd::engine::testing {
 
-struct TestCall {
-  AttentionShape shape;
-  AttentionOptions options;
-  DType dtype = DType::kFP32;
-  std::vector<unsigned char> q, k, v, out, grad_out, grad_q, grad_k, grad_v;
-  std::vector<float> lse;
+// A caller of the batcher tests; `cancelled` is its flag for control.cancelled.
+struct TestCall : attnd::testing::CallBuffers {
   std::atomic<bool> cancelled{false};
-  CallControl control;
-
-  ForwardArgs Forward() {
-    ForwardArgs a;
-    a.shape = &shape;
-    a.options = options;
-    a.dtype = dtype;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
-    a.out = out.data();
-    a.lse = lse.data();
-    a.control = control;
-    return a;
-  }
-  BackwardArgs Backward() {
-    BackwardArgs a;
-    a.shape = &shape;
-    a.options = options;
-    a.dtype = dtype;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
-    a.out = out.data();
-    a.lse = lse.data();
-    a.grad_out = grad_out.data();
-    a.grad_q = grad_q.data();
-    a.grad_k = grad_k.data();
-    a.grad_v = grad_v.data();
-    a.control = control;
-    return a;
-  }
   float* f(std::vector<unsigned char>& t) { return reinterpret_cast<float*>(t.data()); }
 };
 
@@ -65,12 +29,7 @@ inline void StoreRandom(std::vector<unsigned char>& t, int64_t n, DType dtype, s
   std::uniform_real_distribution<float> reals(-1.f, 1.f);
   for (int64_t i = 0; i < n; ++i) {
     const float x = integers ? static_cast<float>(ints(rng)) : reals(rng);
-    if (dtype == DType::kFP32) {
-      std::memcpy(t.data() + 4 * i, &x, 4);
-    } else {
-      const uint16_t h = dtype == DType::kBF16 ? FloatToBf16(x) : FloatToFp16(x);
-      std::memcpy(t.data() + 2 * i, &h, 2);
-    }
+    attnd::testing::StoreElement(x, dtype, t.data() + i * ElementSize(dtype));
   }
 }
 

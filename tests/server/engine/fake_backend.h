@@ -22,6 +22,8 @@ struct RecordedCall {
   AttentionShape shape;
   DType dtype;
   AttentionOptions options;
+  int64_t reserve_rows = 0;
+  TensorPlacement placement;
 };
 
 class FakeBackend final : public Backend {
@@ -30,7 +32,7 @@ class FakeBackend final : public Backend {
   absl::Status CheckSupported(const AttentionShape&, DType) const override { return absl::OkStatus(); }
 
   absl::Status Forward(const ForwardArgs& a) override {
-    Enter(Direction::kForward, a.shape, a.dtype, a.options);
+    Enter(Direction::kForward, a.shape, a.dtype, a.options, a.reserve_rows, a.placement);
     const AttentionShape& s = *a.shape;
     if (!Consistent(s)) return absl::InvalidArgumentError("cu_seqlens do not match the shape");
     std::memcpy(a.out, a.q, s.q_elements() * ElementSize(a.dtype));
@@ -45,7 +47,7 @@ class FakeBackend final : public Backend {
   }
 
   absl::Status Backward(const BackwardArgs& a) override {
-    Enter(Direction::kBackward, a.shape, a.dtype, a.options);
+    Enter(Direction::kBackward, a.shape, a.dtype, a.options, a.reserve_rows, a.placement);
     const AttentionShape& s = *a.shape;
     if (!Consistent(s)) return absl::InvalidArgumentError("cu_seqlens do not match the shape");
     if (a.dtype != DType::kFP32) return absl::OkStatus();
@@ -91,9 +93,10 @@ class FakeBackend final : public Backend {
   }
 
  private:
-  void Enter(Direction d, const AttentionShape* shape, DType dtype, const AttentionOptions& options) {
+  void Enter(Direction d, const AttentionShape* shape, DType dtype, const AttentionOptions& options,
+             int64_t reserve_rows, const TensorPlacement& placement) {
     absl::MutexLock lock(&mu_);
-    calls_.push_back(RecordedCall{d, *shape, dtype, options});
+    calls_.push_back(RecordedCall{d, *shape, dtype, options, reserve_rows, placement});
     ++entered_;
     mu_.Await(absl::Condition(+[](bool* held) { return !*held; }, &held_));
   }

@@ -4,6 +4,11 @@
 // without a GPU.
 #include "server/service/call_tensors.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -121,6 +126,59 @@ TEST_F(CallTensorsTest, OutputsMayNotOverlapInputsOrEachOther) {
             std::string::npos)
       << overlap;
 }
+
+// TensorPlacement::host_page_locked comes from here: a call is page-locked only when every host
+// tensor is (shared-memory regions pinned for the GPU, buffers of a pinned allocator). A region
+// nobody pinned, or one buffer of plain heap memory, and the GPU backend must stage.
+class PretendPinner final : public HostMemoryPinner {
+ public:
+  absl::StatusOr<std::shared_ptr<void>> Pin(void*, size_t) override { return std::make_shared<int>(0); }
+};
+
+class PinnedAllocator final : public TensorAllocator {  // what BackendHostAllocator gives for CUDA
+ public:
+  absl::StatusOr<TensorBufferPtr> Allocate(size_t bytes, absl::string_view) override {
+    return std::make_shared<TensorBuffer>(std::malloc(bytes), bytes, MemoryKind::kPinnedHost,
+                                          [](void* p, size_t) { std::free(p); });
+  }
+  absl::string_view name() const override { return "pinned"; }
+  int64_t bytes_in_use() const override { return 0; }
+};
+
+TEST(CallTensorsPageLocked, OnlyCallsWhoseHostTensorsAreAllPageLockedSaySo) {
+  PretendPinner pinner;
+  PinnedAllocator pinned_allocator;
+  HostTensorAllocator heap{0};
+  for (bool pin : {true, false}) {
+    RegionRegistry registry(RegionRegistry::Limits{}, pin ? &pinner : nullptr, nullptr);
+    const std::string session = *registry.OpenSession({});
+    const int fd = memfd_create("call-tensors-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    ASSERT_TRUE(fd >= 0 && ftruncate(fd, 4096) == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+    absl::StatusOr<RegisteredRegion> shm =
+        registry.RegisterSharedMemory(session, *registry.ParkFd(session, fd), 4096, "x");
+    ASSERT_TRUE(shm.ok()) << shm.status();
+    v1::Tensor q;
+    q.mutable_region()->set_region_id(shm->region_id);
+    q.mutable_region()->set_key(shm->key);
+    q.mutable_region()->set_size(1024);
+    for (TensorAllocator* outputs : {static_cast<TensorAllocator*>(&pinned_allocator),
+                                     static_cast<TensorAllocator*>(&heap)}) {
+      TransportContext context;
+      context.allocator = outputs;
+      context.regions = &registry;
+      CallTensors tensors(context);
+      NoInlineTensors no_inline;
+      TensorBufferPtr unused;
+      ASSERT_TRUE(tensors.Input(q, no_inline, 1, "q", false, &unused).ok());
+      ASSERT_TRUE(tensors.Output(nullptr, "out", 64).ok());
+      EXPECT_EQ(tensors.HostPageLocked(), pin && outputs == &pinned_allocator)
+          << "region pinned: " << pin << ", outputs from " << outputs->name();
+    }
+  }
+  const TransportContext nothing;
+  EXPECT_FALSE(CallTensors(nothing).HostPageLocked());  // no tensor: nothing to say
+}
+
 
 }  // namespace
 }  // namespace attnd
