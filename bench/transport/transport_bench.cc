@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "bench/transport/attnd_roundtrip.h"
+#include "bench/transport/gather_bench.h"
 #include "bench/transport/grpc_echo.h"
 #include "bench/transport/raw_tcp.h"
 #include "server/transport/malloc_tuning.h"
@@ -26,7 +27,14 @@
 ABSL_FLAG(std::string, payloads, "fwd_s1024,fwd_s4096,fwd_s16384,echo_32MiB,echo_128MiB",
           "payloads to move: fwd_sN (attnd Forward bytes of B=1,H=16,d=128,bf16 at seqlen N) or echo_NMiB");
 ABSL_FLAG(std::string, modes, "tcp,grpc_echo,attnd_proto", "tcp (raw socket round trip), grpc_echo (stock gRPC "
-          "echo), attnd_proto (attnd client + server, transport-only backend, tensors in the messages)");
+          "echo), attnd_proto (attnd client + server, transport-only backend, tensors in the messages; over "
+          "ForwardStream above --stream_above_mib), gather (the server's "
+          "decode + gather of a Forward request from 64 KiB slices alone, no sockets; request bytes only)");
+ABSL_FLAG(bool, parallel_copy, true, "attnd_* modes: gather received tensors over ParallelCopy's helper threads "
+          "(false: on one thread, as before)");
+ABSL_FLAG(double, stream_above_mib, 8, "attnd_proto: requests above this many MiB of tensors go over ForwardStream "
+          "(ClientOptions.stream_above_bytes); 0: always one unary message");
+ABSL_FLAG(double, stream_chunk_mib, 4, "attnd_proto: chunk size of streamed requests, MiB");
 ABSL_FLAG(double, min_seconds, 1.0, "time each payload at least this long (after 2 warm-up calls)");
 ABSL_FLAG(int, min_calls, 5, "and at least this many calls");
 ABSL_FLAG(int64_t, stream_mib, 2048, "raw TCP single-stream transfer size (MiB); 0 skips it");
@@ -95,13 +103,23 @@ int Main(int argc, char** argv) {
   for (const std::string& mode : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty()))) {
     for (const PayloadSize& size : sizes) {
       absl::StatusOr<CallTimes> times;
+      PayloadSize moved = size;  // the bytes the GB/s count
       if (mode == "tcp") {
         times = RawTcpRoundTrip(size, rule);
       } else if (mode == "grpc_echo") {
         times = GrpcEchoRoundTrip(size, rule);
-      } else if (mode == "attnd_proto") {
-        if (size.name.rfind("fwd_s", 0) != 0) continue;  // attnd moves Forward payloads only
-        times = AttndForwardRoundTrip(std::stoi(size.name.substr(5)), "proto", rule, args);
+      } else if (mode == "attnd_proto") {  // attnd moves Forward payloads only
+        if (size.name.rfind("fwd_s", 0) != 0) continue;
+        AttndRoundTripOptions attnd;
+        attnd.stream_above_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_stream_above_mib) * 1048576);
+        attnd.parallel_copy = absl::GetFlag(FLAGS_parallel_copy);
+        attnd.stream_chunk_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_stream_chunk_mib) * 1048576);
+        attnd.channel_args = args;
+        times = AttndForwardRoundTrip(std::stoi(size.name.substr(5)), attnd, rule);
+      } else if (mode == "gather") {  // the request's bytes only
+        if (size.name.rfind("fwd_s", 0) != 0) continue;
+        moved.response_bytes = 0;
+        times = GatherForwardRequest(std::stoi(size.name.substr(5)), absl::GetFlag(FLAGS_parallel_copy), rule);
       } else if (mode == "grpc_echo_args") {
         times = GrpcEchoRoundTrip(size, rule, args);
       } else {
@@ -113,7 +131,7 @@ int Main(int argc, char** argv) {
                      times.status().ToString().c_str());
         return 1;
       }
-      rows.push_back({mode, size.name, size, *times});
+      rows.push_back({mode, size.name, moved, *times});
       std::fprintf(stderr, "%s %s: %.2f GB/s, %.1f CPU ms/call, min %.1f ms\n", mode.c_str(), size.name.c_str(),
                    rows.back().gbps(), rows.back().times.cpu_s * 1e3, rows.back().times.min_s * 1e3);
     }

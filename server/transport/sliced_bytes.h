@@ -3,12 +3,14 @@
 // destination, which is the one copy a received tensor costs.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "absl/types/span.h"
+#include "server/transport/range_copier.h"
 
 namespace attnd {
 
@@ -27,8 +29,9 @@ class SlicedBytes {
   // The bytes when they lie in one piece, else nullptr.
   const uint8_t* contiguous() const { return pieces_.size() == 1 ? pieces_[0].data() : nullptr; }
 
-  // Copies the bytes [offset, offset + n) into `dest` (n <= size() - offset).
-  void CopyTo(void* dest, size_t offset, size_t n) const {
+  // The copies that move bytes [offset, offset + n) (n <= size() - offset) to `dest`, one per
+  // piece they touch, appended to `ranges`.
+  void AppendCopies(void* dest, size_t offset, size_t n, std::vector<CopyRange>* ranges) const {
     uint8_t* out = static_cast<uint8_t*>(dest);
     for (const Piece& p : pieces_) {
       if (n == 0) break;
@@ -37,13 +40,21 @@ class SlicedBytes {
         continue;
       }
       const size_t take = std::min(p.size() - offset, n);
-      std::memcpy(out, p.data() + offset, take);
+      ranges->push_back({out, p.data() + offset, take});
       out += take;
       n -= take;
       offset = 0;
     }
   }
-  void CopyTo(void* dest) const { CopyTo(dest, 0, size_); }
+
+  // Gathers the bytes [offset, offset + n) into `dest` through `copy` (on the caller by default).
+  void CopyTo(void* dest, size_t offset, size_t n, const RangeCopier& copy = CopyRangesSerially) const {
+    std::vector<CopyRange> ranges;
+    ranges.reserve(pieces_.size());
+    AppendCopies(dest, offset, n, &ranges);
+    copy(ranges);
+  }
+  void CopyTo(void* dest, const RangeCopier& copy = CopyRangesSerially) const { CopyTo(dest, 0, size_, copy); }
 
  private:
   std::vector<Piece> pieces_;
