@@ -7,6 +7,8 @@
 #include "bench/transport/transport_only_backend.h"
 #include "client/attnd/client.h"
 #include "client/attnd/tensors.h"
+#include "server/engine/batching_backend.h"
+#include "server/engine/stage_timing_backend.h"
 #include "server/service/attention_server.h"
 
 namespace attnd::bench {
@@ -17,8 +19,14 @@ absl::StatusOr<CallTimes> AttndForwardRoundTrip(int seqlen, const AttndRoundTrip
   options.worker_threads = 2;
   options.channel_args = bench.channel_args;
   options.parallel_copy = bench.parallel_copy;
-  absl::StatusOr<std::unique_ptr<AttentionServer>> server =
-      AttentionServer::Start(options, std::make_unique<TransportOnlyBackend>());
+  options.access_log = bench.access_log;
+  std::unique_ptr<Backend> backend = std::make_unique<TransportOnlyBackend>();
+  if (bench.engine) {
+    engine::BatcherOptions batcher;  // the daemon's defaults
+    batcher.lone_calls_on_caller = bench.lone_calls_on_caller;
+    backend = std::make_unique<engine::StageTimingBackend>(std::make_unique<BatchingBackend>(std::move(backend), batcher));
+  }
+  absl::StatusOr<std::unique_ptr<AttentionServer>> server = AttentionServer::Start(options, std::move(backend));
   if (!server.ok()) return server.status();
   ClientOptions client_options;
   client_options.target = (*server)->address();

@@ -23,6 +23,13 @@ struct AttndRoundTripOptions {
   size_t stream_chunk_bytes = size_t{4} << 20;
   // Gather received tensors over ParallelCopy's helpers (both ends) or on one thread.
   bool parallel_copy = true;
+  // Put the daemon's engine over the backend, as attnd does (StageTimingBackend over a
+  // BatchingBackend with the daemon's default batcher flags): its hand-offs count too.
+  bool engine = false;
+  bool lone_calls_on_caller = true;  // the engine's batcher option (attnd --lone_calls_on_caller)
+  // The server's access log (per call: worker queue wait, compute, total): where the time of a
+  // call goes on the server's side. Empty: none.
+  std::string access_log;
   // Extra channel arguments for both ends (after attnd's own tuning).
   std::vector<std::pair<std::string, int>> channel_args;
 };

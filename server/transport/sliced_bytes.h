@@ -32,23 +32,19 @@ class SlicedBytes {
   // The copies that move bytes [offset, offset + n) (n <= size() - offset) to `dest`, one per
   // piece they touch, appended to `ranges`.
   void AppendCopies(void* dest, size_t offset, size_t n, std::vector<CopyRange>* ranges) const {
-    uint8_t* out = static_cast<uint8_t*>(dest);
-    for (const Piece& p : pieces_) {
-      if (n == 0) break;
-      if (offset >= p.size()) {
-        offset -= p.size();
-        continue;
-      }
-      const size_t take = std::min(p.size() - offset, n);
-      ranges->push_back({out, p.data() + offset, take});
-      out += take;
-      n -= take;
-      offset = 0;
-    }
+    ForEachPart(dest, offset, n, [ranges](uint8_t* to, const uint8_t* from, size_t bytes) {
+      ranges->push_back({to, from, bytes});
+    });
   }
 
   // Gathers the bytes [offset, offset + n) into `dest` through `copy` (on the caller by default).
+  // Under kCopierMinBytes the caller copies: a small call should not pay for building ranges.
+  static constexpr size_t kCopierMinBytes = size_t{256} << 10;
   void CopyTo(void* dest, size_t offset, size_t n, const RangeCopier& copy = CopyRangesSerially) const {
+    if (n < kCopierMinBytes) {
+      ForEachPart(dest, offset, n, [](uint8_t* to, const uint8_t* from, size_t bytes) { std::memcpy(to, from, bytes); });
+      return;
+    }
     std::vector<CopyRange> ranges;
     ranges.reserve(pieces_.size());
     AppendCopies(dest, offset, n, &ranges);
@@ -57,6 +53,24 @@ class SlicedBytes {
   void CopyTo(void* dest, const RangeCopier& copy = CopyRangesSerially) const { CopyTo(dest, 0, size_, copy); }
 
  private:
+  // f(to, from, bytes) for each piece of bytes [offset, offset + n), `to` advancing from `dest`.
+  template <typename F>
+  void ForEachPart(void* dest, size_t offset, size_t n, F&& f) const {
+    uint8_t* out = static_cast<uint8_t*>(dest);
+    for (const Piece& p : pieces_) {
+      if (n == 0) break;
+      if (offset >= p.size()) {
+        offset -= p.size();
+        continue;
+      }
+      const size_t take = std::min(p.size() - offset, n);
+      f(out, p.data() + offset, take);
+      out += take;
+      n -= take;
+      offset = 0;
+    }
+  }
+
   std::vector<Piece> pieces_;
   size_t size_ = 0;
 };
