@@ -36,11 +36,11 @@ absl::StatusOr<TensorBytes> CallTensors::Input(const v1::Tensor& tensor, InlineT
     }
     absl::StatusOr<TensorBufferPtr> copy = context_.allocator->Allocate(span->size, name);
     if (!copy.ok()) return copy.status();
-    context_.copier({{(*copy)->data(), span->data, span->size}});
+    std::memcpy((*copy)->data(), span->data, span->size);
     *buffer = *copy;
     return TensorBytes::Shared((*copy)->data(), static_cast<int64_t>(span->size), *copy);
   }
-  absl::StatusOr<TensorBufferPtr> taken = inline_tensors.Take(field, context_.allocator, context_.copier, name);
+  absl::StatusOr<TensorBufferPtr> taken = inline_tensors.Take(field, context_.allocator, name);
   if (!taken.ok()) return taken.status();
   placements_.emplace_back(std::string(name), -1);
   *buffer = *taken;

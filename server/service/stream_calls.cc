@@ -53,7 +53,7 @@ class StreamedInlineTensors final : public InlineTensors {
     const Slot* s = Find(field);
     return s == nullptr ? 0 : s->expected;
   }
-  absl::StatusOr<TensorBufferPtr> Take(int field, TensorAllocator*, const RangeCopier&, absl::string_view name) override {
+  absl::StatusOr<TensorBufferPtr> Take(int field, TensorAllocator*, absl::string_view name) override {
     Slot* s = Find(field);
     if (s == nullptr || s->buffer == nullptr) return absl::InternalError(absl::StrCat(name, ": no streamed bytes"));
     return s->buffer;

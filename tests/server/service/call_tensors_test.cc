@@ -34,8 +34,7 @@ class FakeImporter final : public DeviceMemoryImporter {
 class NoInlineTensors final : public InlineTensors {
  public:
   int64_t size(int) const override { return 0; }
-  absl::StatusOr<TensorBufferPtr> Take(int, TensorAllocator* allocator, const RangeCopier&,
-                                       absl::string_view name) override {
+  absl::StatusOr<TensorBufferPtr> Take(int, TensorAllocator* allocator, absl::string_view name) override {
     return allocator->Allocate(64, name);
   }
 };
