@@ -19,6 +19,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -352,5 +353,6 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   attnd::TuneMallocForLargeMessages();  // as the daemon does: large messages reuse warm heap pages
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);  // as the daemon does (its main.cc)
   return attnd::loadgen::Main(argc, argv);
 }
