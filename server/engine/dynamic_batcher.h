@@ -38,8 +38,8 @@
 // neighbours; each caller gets its own call's status.
 //
 // Thread-safe. Completions run on an executor thread (or the submitting thread when the call is
-// refused at once), exactly once per submitted call, outside every lock of the batcher; they must
-// not block for long. The caller's buffers (and the shape they point to) must stay valid until its
+// refused at once or computed there, see "Lone calls"), exactly once per submitted call, outside
+// every lock of the batcher; they must not block for long. The caller's buffers (and the shape they point to) must stay valid until its
 // completion runs.
 #pragma once
 
