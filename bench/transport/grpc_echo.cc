@@ -16,11 +16,24 @@ class EchoService final : public Echo::Service {
   }
 };
 
+// The same on gRPC's callback API (attnd's server API), answered on the gRPC thread.
+class CallbackEchoService final : public Echo::CallbackService {
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* context, const EchoRequest* request,
+                                 EchoResponse* response) override {
+    response->mutable_payload()->resize(static_cast<size_t>(request->response_bytes()));
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
 }  // namespace
 
 absl::StatusOr<CallTimes> GrpcEchoRoundTrip(const PayloadSize& size, const TimingRule& rule,
-                                            const ChannelArgList& args) {
-  EchoService service;
+                                            const ChannelArgList& args, bool callback_api) {
+  EchoService sync_service;
+  CallbackEchoService callback_service;
+  grpc::Service& service = callback_api ? static_cast<grpc::Service&>(callback_service) : sync_service;
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);

@@ -17,7 +17,8 @@ namespace attnd::bench {
 using ChannelArgList = std::vector<std::pair<std::string, int>>;
 
 // Starts an in-process echo server on 127.0.0.1, times unary calls of `size` over one channel.
+// `callback_api`: the server on gRPC's callback API (as attnd's), else the synchronous one.
 absl::StatusOr<CallTimes> GrpcEchoRoundTrip(const PayloadSize& size, const TimingRule& rule,
-                                            const ChannelArgList& args = {});
+                                            const ChannelArgList& args = {}, bool callback_api = false);
 
 }  // namespace attnd::bench

@@ -16,6 +16,7 @@ namespace attnd::bench {
 struct CallTimes {
   double median_s = 0;
   double min_s = 0;
+  double p10_s = 0;  // steadier than the median on a busy machine (noise only adds time)
   int calls = 0;
   // Process CPU time (user + system, every thread: client and in-process server alike) per call:
   // the work a transport costs, which a busy machine does not inflate the way it does wall time.
@@ -55,6 +56,7 @@ inline absl::Status TimeCalls(const TimingRule& rule, const std::function<absl::
   std::sort(seconds.begin(), seconds.end());
   out->median_s = seconds[seconds.size() / 2];
   out->min_s = seconds.front();
+  out->p10_s = seconds[seconds.size() / 10];
   out->calls = static_cast<int>(seconds.size());
   return absl::OkStatus();
 }

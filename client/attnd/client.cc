@@ -12,6 +12,7 @@
 #include "client/attnd/channel_credentials.h"
 #include "client/attnd/grpc_status.h"
 #include "client/attnd/wire_messages.h"
+#include "server/transport/parallel_range_copier.h"
 
 namespace attnd {
 namespace {
@@ -78,11 +79,13 @@ absl::StatusOr<grpc::ByteBuffer> Encode(const v1::BackwardRequest& r, const Back
                                         std::shared_ptr<const void> owner) {
   return EncodeBackward(r, InputsOf(b), std::move(owner));
 }
-absl::Status Decode(const grpc::ByteBuffer& in, const ForwardBuffers& b, v1::ForwardResponse* r) {
-  return DecodeForward(in, OutputsOf(b), r);
+absl::Status Decode(const grpc::ByteBuffer& in, const ForwardBuffers& b, v1::ForwardResponse* r,
+                    const RangeCopier& copy) {
+  return DecodeForward(in, OutputsOf(b), r, copy);
 }
-absl::Status Decode(const grpc::ByteBuffer& in, const BackwardBuffers& b, v1::BackwardResponse* r) {
-  return DecodeBackward(in, OutputsOf(b), r);
+absl::Status Decode(const grpc::ByteBuffer& in, const BackwardBuffers& b, v1::BackwardResponse* r,
+                    const RangeCopier& copy) {
+  return DecodeBackward(in, OutputsOf(b), r, copy);
 }
 
 // One asynchronous call: its context (in PendingCall), encoded request, received response, the
@@ -90,8 +93,9 @@ absl::Status Decode(const grpc::ByteBuffer& in, const BackwardBuffers& b, v1::Ba
 template <typename Response, typename Buffers>
 class RawAsyncCall final : public PendingCall {
  public:
-  RawAsyncCall(std::shared_ptr<grpc::Channel> channel, Buffers buffers, ResponseCallback<Response> done)
-      : channel_(std::move(channel)), buffers_(buffers), done_(std::move(done)) {}
+  RawAsyncCall(std::shared_ptr<grpc::Channel> channel, Buffers buffers, ResponseCallback<Response> done,
+               RangeCopier copier)
+      : channel_(std::move(channel)), buffers_(buffers), done_(std::move(done)), copier_(std::move(copier)) {}
 
   grpc::ByteBuffer* request() { return &request_; }
   grpc::ByteBuffer* response() { return &response_; }
@@ -100,7 +104,7 @@ class RawAsyncCall final : public PendingCall {
     ResponseCallback<Response> done = std::move(done_);
     request_.Clear();  // the payload's slices (and the request they reference) go before the callback runs
     Response response;
-    if (status.ok()) status = Decode(response_, buffers_, &response);
+    if (status.ok()) status = Decode(response_, buffers_, &response, copier_);
     response_.Clear();
     if (done) {
       if (status.ok()) {
@@ -117,6 +121,7 @@ class RawAsyncCall final : public PendingCall {
   Buffers buffers_;
   grpc::ByteBuffer request_, response_;
   ResponseCallback<Response> done_;
+  RangeCopier copier_;
 };
 
 }  // namespace
@@ -155,7 +160,8 @@ Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
     : options_(std::move(options)),
       channel_(std::move(channel)),
       stub_(v1::Attention::NewStub(channel_)),
-      generic_(std::make_unique<grpc::GenericStub>(channel_)) {}
+      generic_(std::make_unique<grpc::GenericStub>(channel_)),
+      copier_(options_.parallel_copy ? RangeCopier(CopyRangesInParallel) : RangeCopier(CopyRangesSerially)) {}
 
 Client::~Client() = default;
 
@@ -227,24 +233,30 @@ absl::StatusOr<v1::BackwardResponse> Client::Backward(const v1::BackwardRequest&
 
 absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& request, const ForwardBuffers& buffers,
                                                     const CallOptions& call) {
+  absl::StatusOr<int64_t> inline_bytes = InlineTensorBytes(request, InputsOf(buffers));
+  if (!inline_bytes.ok()) return inline_bytes.status();
+  if (Streams(*inline_bytes)) return ForwardStream(request, buffers, call, options_.stream_chunk_bytes);
   // The request outlives the blocking call: its strings are referenced without an owner.
   absl::StatusOr<grpc::ByteBuffer> encoded = Encode(request, buffers, nullptr);
   if (!encoded.ok()) return encoded.status();
   absl::StatusOr<grpc::ByteBuffer> received = RawCall(kForwardMethod, *encoded, call);
   if (!received.ok()) return received.status();
   v1::ForwardResponse response;
-  if (absl::Status s = Decode(*received, buffers, &response); !s.ok()) return s;
+  if (absl::Status s = Decode(*received, buffers, &response, copier_); !s.ok()) return s;
   return response;
 }
 
 absl::StatusOr<v1::BackwardResponse> Client::Backward(const v1::BackwardRequest& request,
                                                       const BackwardBuffers& buffers, const CallOptions& call) {
+  absl::StatusOr<int64_t> inline_bytes = InlineTensorBytes(request, InputsOf(buffers));
+  if (!inline_bytes.ok()) return inline_bytes.status();
+  if (Streams(*inline_bytes)) return BackwardStream(request, buffers, call, options_.stream_chunk_bytes);
   absl::StatusOr<grpc::ByteBuffer> encoded = Encode(request, buffers, nullptr);
   if (!encoded.ok()) return encoded.status();
   absl::StatusOr<grpc::ByteBuffer> received = RawCall(kBackwardMethod, *encoded, call);
   if (!received.ok()) return received.status();
   v1::BackwardResponse response;
-  if (absl::Status s = Decode(*received, buffers, &response); !s.ok()) return s;
+  if (absl::Status s = Decode(*received, buffers, &response, copier_); !s.ok()) return s;
   return response;
 }
 
@@ -261,7 +273,7 @@ template <typename Request, typename Response, typename Buffers>
 std::shared_ptr<PendingCall> Client::RawAsync(const char* method, std::shared_ptr<const Request> request,
                                               const Buffers& buffers, ResponseCallback<Response> done,
                                               const CallOptions& call) {
-  auto async = std::make_shared<RawAsyncCall<Response, Buffers>>(channel_, buffers, std::move(done));
+  auto async = std::make_shared<RawAsyncCall<Response, Buffers>>(channel_, buffers, std::move(done), copier_);
   if (request == nullptr) {
     async->Finish(absl::InvalidArgumentError("request is null"));
     return async;

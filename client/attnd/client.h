@@ -37,6 +37,7 @@
 #include "attnd/v1/attention.pb.h"
 #include "client/attnd/pending_call.h"
 #include "client/attnd/tensor_buffers.h"
+#include "server/transport/range_copier.h"
 
 namespace grpc {
 class Channel;
@@ -106,6 +107,17 @@ struct ClientOptions {
   // Sent as "authorization: Bearer <token>" with every call, for a daemon with --auth_tokens_file.
   // Needs TLS: gRPC never sends such a token over a plaintext connection.
   std::string bearer_token;
+  // Copy response tensors out of the received slices over a few helper threads shared by the
+  // process (the engine's ParallelCopy; responses under 1 MiB are copied on the calling thread).
+  bool parallel_copy = true;
+  // Forward / Backward (blocking, with or without caller buffers) whose request tensors carry more
+  // than this many bytes go over ForwardStream / BackwardStream, in chunks of stream_chunk_bytes:
+  // the daemon copies each chunk out of gRPC's buffers while the next is on the wire, and sends the
+  // response the same way, instead of copying a whole message once it has arrived (measured faster
+  // from 12 MiB up: bench/results/2026-11-23_devbox_transport2.md). The call and its result are the
+  // same; the daemon holds it to --max_stream_request_bytes. 0: always one unary message.
+  int64_t stream_above_bytes = int64_t{8} << 20;
+  size_t stream_chunk_bytes = size_t{4} << 20;
   // Further channel arguments ("grpc.*" keys), applied after the ones above.
   std::vector<std::pair<std::string, std::variant<int, std::string>>> channel_args;
 };
@@ -202,6 +214,10 @@ class Client {
  private:
   Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
 
+  // Whether a request whose tensors carry `inline_bytes` goes as a stream (stream_above_bytes).
+  bool Streams(int64_t inline_bytes) const {
+    return options_.stream_above_bytes > 0 && inline_bytes > options_.stream_above_bytes;
+  }
   // Sets the deadline and wait-for-ready flag of a call on its context.
   void Prepare(const CallOptions& call, grpc::ClientContext* context) const;
   // One blocking raw call of `method` ("/attnd.v1.Attention/Forward").
@@ -216,6 +232,7 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Attention::Stub> stub_;
   std::unique_ptr<grpc::GenericStub> generic_;
+  RangeCopier copier_;  // how response tensors are copied out (options_.parallel_copy)
 };
 
 }  // namespace attnd

@@ -35,8 +35,9 @@ struct OutputSink {
 template <typename StreamRequest, typename StreamResponse, typename Request, typename Response>
 class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  StreamCall(const Request& request, const InputMap& inputs, const OutputMap& outputs, size_t chunk_bytes)
-      : outputs_(outputs) {
+  StreamCall(const Request& request, const InputMap& inputs, const OutputMap& outputs, size_t chunk_bytes,
+             const RangeCopier& copier)
+      : outputs_(outputs), copier_(copier) {
     // The header: every field, each tensor without its bytes.
     StreamRequest head;
     Request* header = head.mutable_header();
@@ -171,7 +172,7 @@ class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
         return absl::DataLossError(absl::StrCat("response tensor ", field, ": chunk at ", message.chunk().offset(),
                                                 " out of order or past the end"));
       }
-      bytes.CopyTo(sink.data + sink.received);
+      bytes.CopyTo(sink.data + sink.received, copier_);
       sink.received += bytes.size();
       return absl::OkStatus();
     }
@@ -180,6 +181,7 @@ class StreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
 
   grpc::ClientContext context_;
   const OutputMap outputs_;
+  const RangeCopier& copier_;  // the client's, which outlives the blocking call
   std::vector<grpc::ByteBuffer> writes_;
   size_t next_ = 0;
   grpc::ByteBuffer in_;
@@ -199,7 +201,7 @@ absl::StatusOr<v1::ForwardResponse> Client::ForwardStream(const v1::ForwardReque
                                                           const ForwardBuffers& buffers, const CallOptions& call,
                                                           size_t chunk_bytes) {
   StreamCall<v1::ForwardStreamRequest, v1::ForwardStreamResponse, v1::ForwardRequest, v1::ForwardResponse> stream(
-      request, InputsOf(buffers), OutputsOf(buffers), std::max<size_t>(chunk_bytes, 1));
+      request, InputsOf(buffers), OutputsOf(buffers), std::max<size_t>(chunk_bytes, 1), copier_);
   Prepare(call, stream.context());
   generic_->PrepareBidiStreamingCall(stream.context(), "/attnd.v1.Attention/ForwardStream", grpc::StubOptions(),
                                      &stream);
@@ -211,7 +213,7 @@ absl::StatusOr<v1::BackwardResponse> Client::BackwardStream(const v1::BackwardRe
                                                             const BackwardBuffers& buffers, const CallOptions& call,
                                                             size_t chunk_bytes) {
   StreamCall<v1::BackwardStreamRequest, v1::BackwardStreamResponse, v1::BackwardRequest, v1::BackwardResponse> stream(
-      request, InputsOf(buffers), OutputsOf(buffers), std::max<size_t>(chunk_bytes, 1));
+      request, InputsOf(buffers), OutputsOf(buffers), std::max<size_t>(chunk_bytes, 1), copier_);
   Prepare(call, stream.context());
   generic_->PrepareBidiStreamingCall(stream.context(), "/attnd.v1.Attention/BackwardStream", grpc::StubOptions(),
                                      &stream);

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "attnd/v1/attention.pb.h"
 #include "client/attnd/tensor_buffers.h"
+#include "server/transport/range_copier.h"
 
 namespace attnd {
 
@@ -25,6 +26,10 @@ OutputMap OutputsOf(const ForwardBuffers& b);
 InputMap InputsOf(const BackwardBuffers& b);
 OutputMap OutputsOf(const BackwardBuffers& b);
 
+// Tensor bytes a request carries: caller bytes where `inputs` has them, else the message's `data`.
+// INVALID_ARGUMENT when a tensor has caller bytes and bytes (or a region) in the message.
+absl::StatusOr<int64_t> InlineTensorBytes(const google::protobuf::Message& request, const InputMap& inputs);
+
 // INVALID_ARGUMENT when a tensor has both bytes in the message and caller bytes.
 absl::StatusOr<grpc::ByteBuffer> EncodeForward(const v1::ForwardRequest& request, const InputMap& inputs,
                                                std::shared_ptr<const void> request_owner);
@@ -32,8 +37,11 @@ absl::StatusOr<grpc::ByteBuffer> EncodeBackward(const v1::BackwardRequest& reque
                                                 std::shared_ptr<const void> request_owner);
 
 // Decodes a response; tensors with an output buffer are copied there (their `data` left empty),
-// the others into the message. DATA_LOSS when a buffer's size differs from the bytes received.
-absl::Status DecodeForward(const grpc::ByteBuffer& buffer, const OutputMap& outputs, v1::ForwardResponse* response);
-absl::Status DecodeBackward(const grpc::ByteBuffer& buffer, const OutputMap& outputs, v1::BackwardResponse* response);
+// the others into the message, by `copy`. DATA_LOSS when a buffer's size differs from the bytes
+// received.
+absl::Status DecodeForward(const grpc::ByteBuffer& buffer, const OutputMap& outputs, v1::ForwardResponse* response,
+                           const RangeCopier& copy = CopyRangesSerially);
+absl::Status DecodeBackward(const grpc::ByteBuffer& buffer, const OutputMap& outputs, v1::BackwardResponse* response,
+                            const RangeCopier& copy = CopyRangesSerially);
 
 }  // namespace attnd

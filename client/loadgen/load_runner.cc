@@ -336,6 +336,7 @@ absl::StatusOr<LoadReport> RunLoad(const LoadSpec& spec, const std::vector<Paylo
     options.target = spec.target;
     options.dedicated_connection = true;
     options.connect_timeout = absl::Seconds(spec.connect_timeout_s);
+    options.stream_above_bytes = spec.stream_above_bytes;
     absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
     if (!client.ok()) return client.status();
     clients.push_back(std::move(*client));

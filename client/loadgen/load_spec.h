@@ -37,6 +37,8 @@ struct LoadSpec {
   double stability = 0.10;
   double timeout_s = 60;     // per-call deadline
   double connect_timeout_s = 10;  // how long to wait for the daemon before giving up
+  // Forward/Backward with more request tensor bytes go over the streamed RPCs (ClientOptions).
+  int64_t stream_above_bytes = int64_t{8} << 20;
 
   // Request shape. seqlen_k / heads_kv of 0 mean "same as seqlen_q / heads_q".
   int batch = 1;

@@ -19,6 +19,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -78,6 +79,8 @@ ABSL_FLAG(bool, resident, false, "with --direction=train: the forward keeps its 
 ABSL_FLAG(std::string, workload_file, "", "mixed workloads: one per line, key=value (shape, dtype, causal, direction, "
           "transport, resident, weight; see client/loadgen/workload_file.h)");
 ABSL_FLAG(int, cuda_device, 0, "GPU of the --transport=cuda_ipc regions");
+ABSL_FLAG(double, stream_above_mib, 8, "--transport=proto: requests carrying more MiB of tensors go over ForwardStream / "
+          "BackwardStream (the daemon copies chunks while the rest arrives); 0: one unary message always");
 ABSL_FLAG(int, payloads, 4, "distinct random requests to rotate through");
 ABSL_FLAG(uint64_t, seed, 1, "random seed of the payloads");
 ABSL_FLAG(bool, check, false, "verify sampled responses against the local CPU backend");
@@ -147,6 +150,7 @@ absl::StatusOr<LoadSpec> SpecFromFlags() {
   s.transport = *transport;
   s.resident = absl::GetFlag(FLAGS_resident);
   s.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  s.stream_above_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_stream_above_mib) * 1048576);
   if (s.resident && s.direction != Direction::kTrain) {
     return absl::InvalidArgumentError("--resident needs --direction=train (a forward and the backward of it)");
   }
@@ -349,5 +353,6 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   attnd::TuneMallocForLargeMessages();  // as the daemon does: large messages reuse warm heap pages
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);  // as the daemon does (its main.cc)
   return attnd::loadgen::Main(argc, argv);
 }

@@ -18,6 +18,9 @@ ABSL_FLAG(int, max_batch_requests, 256, "most calls in one packed batch; 1 turns
 ABSL_FLAG(int, max_queue_requests, 1024,
           "most calls waiting in the batch queue; more are refused at once with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, batch_executors, 2, "batches computed at once (threads that take batches from the queue)");
+ABSL_FLAG(bool, lone_calls_on_caller, true,
+          "with --max_queue_delay_us=0, a call that finds the batch queue empty and an executor free is computed "
+          "by the worker that received it, without a hand-off to an executor and back");
 
 namespace attnd {
 
@@ -32,6 +35,7 @@ absl::StatusOr<engine::BatcherOptions> BatcherOptionsFromFlags() {
   o.max_batch_requests = absl::GetFlag(FLAGS_max_batch_requests);
   o.max_queue_requests = absl::GetFlag(FLAGS_max_queue_requests);
   o.executor_threads = absl::GetFlag(FLAGS_batch_executors);
+  o.lone_calls_on_caller = absl::GetFlag(FLAGS_lone_calls_on_caller);
   if (absl::Status s = engine::ValidateBatcherOptions(o); !s.ok()) {
     // The options are named like their flags, except executor_threads (--batch_executors).
     return absl::InvalidArgumentError(

@@ -123,6 +123,8 @@ void DynamicBatcher::Stop() {
   }
   for (std::thread& t : executors_) t.join();
   executors_.clear();
+  absl::MutexLock lock(&mu_);  // calls computing on their callers' threads finish too
+  mu_.Await(absl::Condition(+[](int* n) { return *n == 0; }, &computing_));
 }
 
 DynamicBatcher::Ticket DynamicBatcher::SubmitForward(const ForwardArgs& args, Completion done) {
@@ -173,6 +175,12 @@ DynamicBatcher::Ticket DynamicBatcher::Submit(Call&& call) {
       refused = absl::ResourceExhaustedError(
           absl::StrCat("server busy: ", queue_.size(), " calls already wait in the batch queue (max_queue_requests ",
                        options_.max_queue_requests, "); retry later"));
+    } else if (options_.lone_calls_on_caller && queue_.empty() && options_.max_queue_delay == absl::ZeroDuration() &&
+               computing_ < options_.executor_threads) {
+      ++computing_;  // this thread takes an executor's slot (see "Lone calls")
+      call.ticket = next_ticket_++;
+      stats_.queue_wait_us.Add(0);
+      CountBatch(1, call.q_rows, call.alone);
     } else {
       const Ticket ticket = next_ticket_++;
       call.ticket = ticket;
@@ -183,8 +191,23 @@ DynamicBatcher::Ticket DynamicBatcher::Submit(Call&& call) {
       return ticket;
     }
   }
+  if (refused.ok()) {  // computed here, as an executor would have
+    std::list<Call> batch;
+    batch.push_back(std::move(call));
+    RunBatch(batch, nullptr);  // a batch of one is never packed
+    return 0;
+  }
   std::move(call.done)(std::move(refused));
   return 0;
+}
+
+void DynamicBatcher::CountBatch(int calls, int64_t q_rows, bool alone) {
+  ++stats_.batches_run;
+  if (calls > 1) ++stats_.packed_batches;
+  if (alone) ++stats_.oversized_requests;
+  stats_.requests_per_batch.Add(calls);
+  stats_.tokens_per_batch.Add(q_rows);
+  stats_.running += calls;
 }
 
 bool DynamicBatcher::Withdraw(Ticket ticket, absl::Status status) {
@@ -246,9 +269,11 @@ bool DynamicBatcher::NextBatch(std::list<Call>& batch, std::list<Call>& dropped)
     stats_.queue_depth = static_cast<int64_t>(queue_.size());
     if (!dropped.empty()) return true;  // complete them now, outside the lock, then look again
 
-    // 2. The oldest ready group.
+    // 2. The oldest ready group (while a batch slot is free: callers may hold some, see "Lone calls").
     const Group* ready = nullptr;
+    const bool slot_free = computing_ < options_.executor_threads;
     for (const Group& g : groups_) {
+      if (!slot_free) break;  // RunBatch signals when one frees
       const bool full = g.q_rows >= cap || g.k_rows >= cap || g.count >= max_requests;
       const absl::Time due = g.head->submitted + options_.max_queue_delay;
       if (g.head->alone || full || due <= now || stopping_) {
@@ -279,12 +304,8 @@ bool DynamicBatcher::NextBatch(std::list<Call>& batch, std::list<Call>& dropped)
         }
         it = next;
       }
-      ++stats_.batches_run;
-      if (count > 1) ++stats_.packed_batches;
-      if (alone) ++stats_.oversized_requests;
-      stats_.requests_per_batch.Add(count);
-      stats_.tokens_per_batch.Add(q_rows);
-      stats_.running += count;
+      ++computing_;
+      CountBatch(count, q_rows, alone);
       stats_.queue_depth = static_cast<int64_t>(queue_.size());
       if (!queue_.empty()) wake_.Signal();  // another idle executor may have work too
       return true;
@@ -309,7 +330,7 @@ void DynamicBatcher::ExecutorLoop() {
     }
     for (Call& call : dropped) std::move(call.done)(std::move(call.dropped));
     dropped.clear();
-    if (!batch.empty()) RunBatch(batch, packers);
+    if (!batch.empty()) RunBatch(batch, &packers);
     batch.clear();
     if (!more) return;
   }
@@ -391,14 +412,14 @@ absl::Status DynamicBatcher::RunPacked(const std::list<Call>& batch, Packers& pa
   });
 }
 
-void DynamicBatcher::RunBatch(std::list<Call>& batch, Packers& packers) {
+void DynamicBatcher::RunBatch(std::list<Call>& batch, Packers* packers) {
   std::vector<absl::Status> statuses;
   statuses.reserve(batch.size());
   int64_t retried = 0;
   if (batch.size() == 1) {
     statuses.push_back(RunAlone(batch.front()));  // straight on the caller's buffers
   } else {
-    const absl::Status packed = RunPacked(batch, packers);
+    const absl::Status packed = RunPacked(batch, *packers);
     for (const Call& call : batch) {
       if (packed.ok()) {
         statuses.push_back(packed);
@@ -412,6 +433,8 @@ void DynamicBatcher::RunBatch(std::list<Call>& batch, Packers& packers) {
     absl::MutexLock lock(&mu_);
     stats_.retried_alone += retried;
     stats_.running -= static_cast<int64_t>(batch.size());
+    --computing_;
+    if (!queue_.empty()) wake_.Signal();  // the slot is free again
     for (const absl::Status& s : statuses) ++(s.ok() ? stats_.completed_ok : stats_.completed_error);
   }
   size_t i = 0;

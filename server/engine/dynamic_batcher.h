@@ -35,12 +35,17 @@
 // are sized for a full batch too (batch_packing.h). Steady traffic then allocates nothing, whatever
 // the batch composition.
 //
+// Lone calls (lone_calls_on_caller): with max_queue_delay = 0 a call that finds the queue empty and
+// an executor slot free would be taken by an idle executor at once and computed alone anyway; the
+// submitting thread computes it itself instead, in that slot (it counts against executor_threads),
+// which saves waking an executor and being woken back: tens of microseconds of a small call.
+//
 // A packed batch that fails is rerun one call at a time, so that one bad call cannot fail its
 // neighbours; each caller gets its own call's status.
 //
 // Thread-safe. Completions run on an executor thread (or the submitting thread when the call is
-// refused at once), exactly once per submitted call, outside every lock of the batcher; they must
-// not block for long. The caller's buffers (and the shape they point to) must stay valid until its
+// refused at once or computed there, see "Lone calls"), exactly once per submitted call, outside
+// every lock of the batcher; they must not block for long. The caller's buffers (and the shape they point to) must stay valid until its
 // completion runs.
 #pragma once
 
@@ -70,6 +75,11 @@ struct BatcherOptions {
   // The backend makes every backward deterministic (attnd --deterministic): then no backward call
   // is packed either (see "Deterministic backward" above).
   bool all_backward_deterministic = false;
+  // A call submitted while nothing waits, max_queue_delay is 0 and fewer than executor_threads
+  // batches compute runs on the submitting thread, inside Submit (see "Lone calls" above): no
+  // hand-off to an executor and back. For callers that block until their call completes anyway
+  // (BatchingBackend); off, Submit never computes.
+  bool lone_calls_on_caller = false;
 };
 
 // INVALID_ARGUMENT naming the option when one is out of range.
@@ -113,7 +123,10 @@ class DynamicBatcher {
   // Under mu_: moves dropped calls to `dropped` and the next batch to `batch`; waits while there
   // is neither. False when stopping and the queue is empty.
   bool NextBatch(std::list<Call>& batch, std::list<Call>& dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RunBatch(std::list<Call>& batch, Packers& packers);
+  // `packers` may be null for a batch of one call.
+  void RunBatch(std::list<Call>& batch, Packers* packers);
+  // Under mu_: the statistics of a batch taken to be computed.
+  void CountBatch(int calls, int64_t q_rows, bool alone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunAlone(const Call& call);
   // ForwardArgs::reserve_rows for a call: max_batch_tokens while packing is on and the call fits
   // in a batch (then a backend sizes its memory for any batch once, see device_call_layout.h).
@@ -126,6 +139,7 @@ class DynamicBatcher {
   mutable absl::Mutex mu_;
   absl::CondVar wake_;
   std::list<Call> queue_ ABSL_GUARDED_BY(mu_);  // arrival order
+  int computing_ ABSL_GUARDED_BY(mu_) = 0;      // batches being computed (by executors or callers)
   std::vector<Group> groups_ ABSL_GUARDED_BY(mu_);  // scratch of NextBatch
   Ticket next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

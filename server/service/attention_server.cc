@@ -28,6 +28,7 @@
 #include "server/transport/backend_host_allocator.h"
 #include "server/transport/cuda_region_hooks.h"
 #include "server/transport/host_tensor_allocator.h"
+#include "server/transport/parallel_range_copier.h"
 #include "server/transport/region_registry.h"
 #include "server/transport/region_socket.h"
 #include "server/transport/resident_store.h"
@@ -167,6 +168,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   transport.regions = server->regions_.get();
   transport.resident = server->resident_.get();
   transport.backend_takes_device_memory = options.cuda_ipc;
+  if (options.parallel_copy) transport.copier = CopyRangesInParallel;
   TransportSettings settings;
   settings.region_socket = options.region_socket;
   settings.max_stream_request_bytes = options.max_stream_request_bytes;

@@ -101,6 +101,9 @@ struct ServerOptions {
   // Largest request of ForwardStream / BackwardStream (their tensors are not held to 2 GiB).
   int64_t max_stream_request_bytes = int64_t{16} << 30;
   int64_t stream_chunk_bytes = int64_t{4} << 20;
+  // Gather received tensors out of gRPC's slices (and make the transport's other host copies)
+  // over the engine's ParallelCopy helper threads instead of on the worker alone.
+  bool parallel_copy = true;
   // Host tensor buffers kept for reuse (HostTensorAllocator's cache).
   int64_t tensor_cache_bytes = int64_t{2} << 30;
   // Further gRPC channel arguments ("grpc.*" keys). attnd sets none of HTTP/2's windows, frame or

@@ -218,7 +218,7 @@ grpc::ServerUnaryReactor* AttentionService::UnaryAttention(RpcMethod method, con
     return reactor;
   }
   absl::StatusOr<std::unique_ptr<Call>> call =
-      Call::Create(std::move(header), std::make_unique<DecodedInlineTensors>(*std::move(decoded)), env_);
+      Call::Create(std::move(header), std::make_unique<DecodedInlineTensors>(*std::move(decoded), env_.transport.copier), env_);
   if (!call.ok()) {
     reactor->Complete(ToGrpc(call.status()));
     return reactor;

@@ -17,6 +17,7 @@
 #include "attnd/v1/attention.pb.h"
 #include "server/service/inline_tensors.h"
 #include "server/service/request_validation.h"
+#include "server/transport/range_copier.h"
 #include "server/transport/region_registry.h"
 #include "server/transport/resident_store.h"
 #include "server/transport/tensor_buffer.h"
@@ -29,6 +30,9 @@ struct TransportContext {
   RegionRegistry* regions = nullptr;
   ResidentStore* resident = nullptr;
   bool backend_takes_device_memory = false;
+  // How bytes are gathered out of received slices and copied between host buffers (range_copier.h):
+  // the server hands in the engine's ParallelCopy.
+  RangeCopier copier = CopyRangesSerially;
 };
 
 // One output tensor: a buffer that is sent back, or a span of a region written in place.

@@ -133,6 +133,10 @@ bool ParseOctal(const std::string& text, int* mode) {
 
 int main(int argc, char** argv) {
   attnd::TuneMallocForLargeMessages();
+  // Debian's Abseil is built without NDEBUG, so every absl::Mutex lock also updated a deadlock
+  // graph under one process-wide lock: 12% of the instructions of a small call (bench/results/
+  // 2026-11-23_devbox_transport2.md). A debugging aid; the tests keep it on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::FlagsUsageConfig usage;
   // --help lists this file's flags (absl's default looks for a file named after the program).
   usage.contains_help_flags = [](absl::string_view file) {

@@ -70,7 +70,7 @@ class StreamedInlineTensors final : public InlineTensors {
     return absl::OkStatus();
   }
 
-  absl::Status Append(uint32_t field, uint64_t offset, const SlicedBytes& data) {
+  absl::Status Append(uint32_t field, uint64_t offset, const SlicedBytes& data, const RangeCopier& copy) {
     Slot* s = Find(static_cast<int>(field));
     if (s == nullptr || s->expected <= 0) {
       return absl::InvalidArgumentError(absl::StrCat("chunk.tensor: ", field, " names no tensor of the header that "
@@ -84,7 +84,7 @@ class StreamedInlineTensors final : public InlineTensors {
       return absl::InvalidArgumentError(absl::StrCat("chunk.data: ", data.size(), " bytes at offset ", offset,
                                                      " run past the end of ", s->name, " (", s->expected, " bytes)"));
     }
-    data.CopyTo(static_cast<uint8_t*>(s->buffer->data()) + s->received);
+    data.CopyTo(static_cast<uint8_t*>(s->buffer->data()) + s->received, copy);
     s->received += data.size();
     return absl::OkStatus();
   }
@@ -184,7 +184,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     }
     if (!message.has_chunk()) return absl::InvalidArgumentError("part: a stream message must hold a header or a chunk");
     if (call_ == nullptr) return absl::InvalidArgumentError("chunk: sent before the header");
-    return streamed_->Append(message.chunk().tensor(), message.chunk().offset(), decoded->data(kChunkField));
+    return streamed_->Append(message.chunk().tensor(), message.chunk().offset(), decoded->data(kChunkField),
+                             service_->env_.transport.copier);
   }
 
   absl::Status Begin(Header& header) {

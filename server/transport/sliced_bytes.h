@@ -3,12 +3,14 @@
 // destination, which is the one copy a received tensor costs.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "absl/types/span.h"
+#include "server/transport/range_copier.h"
 
 namespace attnd {
 
@@ -27,8 +29,33 @@ class SlicedBytes {
   // The bytes when they lie in one piece, else nullptr.
   const uint8_t* contiguous() const { return pieces_.size() == 1 ? pieces_[0].data() : nullptr; }
 
-  // Copies the bytes [offset, offset + n) into `dest` (n <= size() - offset).
-  void CopyTo(void* dest, size_t offset, size_t n) const {
+  // The copies that move bytes [offset, offset + n) (n <= size() - offset) to `dest`, one per
+  // piece they touch, appended to `ranges`.
+  void AppendCopies(void* dest, size_t offset, size_t n, std::vector<CopyRange>* ranges) const {
+    ForEachPart(dest, offset, n, [ranges](uint8_t* to, const uint8_t* from, size_t bytes) {
+      ranges->push_back({to, from, bytes});
+    });
+  }
+
+  // Gathers the bytes [offset, offset + n) into `dest` through `copy` (on the caller by default).
+  // Under kCopierMinBytes the caller copies: a small call should not pay for building ranges.
+  static constexpr size_t kCopierMinBytes = size_t{256} << 10;
+  void CopyTo(void* dest, size_t offset, size_t n, const RangeCopier& copy = CopyRangesSerially) const {
+    if (n < kCopierMinBytes) {
+      ForEachPart(dest, offset, n, [](uint8_t* to, const uint8_t* from, size_t bytes) { std::memcpy(to, from, bytes); });
+      return;
+    }
+    std::vector<CopyRange> ranges;
+    ranges.reserve(pieces_.size());
+    AppendCopies(dest, offset, n, &ranges);
+    copy(ranges);
+  }
+  void CopyTo(void* dest, const RangeCopier& copy = CopyRangesSerially) const { CopyTo(dest, 0, size_, copy); }
+
+ private:
+  // f(to, from, bytes) for each piece of bytes [offset, offset + n), `to` advancing from `dest`.
+  template <typename F>
+  void ForEachPart(void* dest, size_t offset, size_t n, F&& f) const {
     uint8_t* out = static_cast<uint8_t*>(dest);
     for (const Piece& p : pieces_) {
       if (n == 0) break;
@@ -37,15 +64,13 @@ class SlicedBytes {
         continue;
       }
       const size_t take = std::min(p.size() - offset, n);
-      std::memcpy(out, p.data() + offset, take);
+      f(out, p.data() + offset, take);
       out += take;
       n -= take;
       offset = 0;
     }
   }
-  void CopyTo(void* dest) const { CopyTo(dest, 0, size_); }
 
- private:
   std::vector<Piece> pieces_;
   size_t size_ = 0;
 };

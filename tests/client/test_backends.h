@@ -1,7 +1,8 @@
 // Backend decorators that let the client tests steer the daemon from below:
 //   GatedBackend holds every call at a gate until the test opens it, so a test knows calls are in
 //   flight inside the daemon (for cancellation and shutdown); CorruptingBackend perturbs every
-//   output, so a test can prove a check actually catches wrong numbers.
+//   output, so a test can prove a check actually catches wrong numbers; ByteMixingBackend makes
+//   every output byte a function of input bytes, so a test can check each byte a transport carried.
 #pragma once
 
 #include <memory>
@@ -75,6 +76,17 @@ class CorruptingBackend final : public Backend {
 
  private:
   std::unique_ptr<Backend> inner_;
+};
+
+// Forward: out = q ^ k ^ v byte by byte, lse = q's first bytes. Backward: grad_q = q ^ grad_out,
+// grad_k = k ^ out, grad_v = v. Needs q and k/v of one size (heads_q == heads_kv, seqlen_q ==
+// seqlen_k): FAILED_PRECONDITION otherwise.
+class ByteMixingBackend final : public Backend {
+ public:
+  std::string_view name() const override { return "byte-mixing"; }
+  absl::Status CheckSupported(const AttentionShape& shape, DType) const override;
+  absl::Status Forward(const ForwardArgs& args) override;
+  absl::Status Backward(const BackwardArgs& args) override;
 };
 
 }  // namespace attnd::testing

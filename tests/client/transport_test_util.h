@@ -59,6 +59,19 @@ inline v1::ForwardRequest RandomForward(const AttentionShape& shape, uint64_t se
                              RandomNormal(shape.kv_elements(), seed + 1), RandomNormal(shape.kv_elements(), seed + 2));
 }
 
+// The header of a request: every tensor without its bytes (they go as buffers or chunks).
+template <typename Request>
+Request WithoutData(Request r) {
+  const google::protobuf::Descriptor* d = Request::descriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    if (f->message_type() == v1::Tensor::descriptor() && r.GetReflection()->HasField(r, f)) {
+      static_cast<v1::Tensor*>(r.GetReflection()->MutableMessage(&r, f))->clear_data();
+    }
+  }
+  return r;
+}
+
 // The transport state of a daemon is back to nothing: no region, session, resident tensor, and
 // no tensor buffer handed out. Polls up to 5 s (calls finish asynchronously).
 inline ::testing::AssertionResult TransportIdle(const AttentionServer& server) {

@@ -23,19 +23,6 @@ std::unique_ptr<v1::Attention::Stub> StockStub(const std::string& address) {
   return v1::Attention::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
 
-// The header of a request: every tensor without its bytes.
-template <typename Request>
-Request WithoutData(Request r) {
-  const google::protobuf::Descriptor* d = Request::descriptor();
-  for (int i = 0; i < d->field_count(); ++i) {
-    const google::protobuf::FieldDescriptor* f = d->field(i);
-    if (f->message_type() == v1::Tensor::descriptor() && r.GetReflection()->HasField(r, f)) {
-      static_cast<v1::Tensor*>(r.GetReflection()->MutableMessage(&r, f))->clear_data();
-    }
-  }
-  return r;
-}
-
 class WireRoundTrip : public ::testing::Test {
  protected:
   void SetUp() override { StartTransportDaemon(&d_); }

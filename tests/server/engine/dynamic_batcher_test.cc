@@ -344,6 +344,74 @@ TEST(DynamicBatcher, ZeroDelayRunsAtOnceAndPacksOnlyWhatAlreadyWaits) {
   EXPECT_EQ(seen[2].shape.batch, 3);
 }
 
+// lone_calls_on_caller: a call that finds nothing queued and a slot free is computed inside Submit,
+// on the submitting thread; the slots it takes still bound how many batches compute at once.
+TEST(DynamicBatcher, ALoneCallRunsOnTheSubmittingThreadInsideSubmit) {
+  FakeBackend fake;
+  BatcherOptions o = Options(absl::ZeroDuration());
+  o.lone_calls_on_caller = true;
+  DynamicBatcher batcher(&fake, o);
+  auto call = MakeCall(DenseShape(1, 4, 4, 2, 1, 4), 1);
+  Outcome r;
+  const std::thread::id submitter = std::this_thread::get_id();
+  std::thread::id completed_on;
+  EXPECT_EQ(batcher.SubmitForward(call->Forward(),
+                                  [&](absl::Status s) {
+                                    completed_on = std::this_thread::get_id();
+                                    r.Callback()(std::move(s));
+                                  }),
+            0u);  // completed during Submit
+  ASSERT_TRUE(r.done.HasBeenNotified());
+  ASSERT_TRUE(r.Wait().ok());
+  EXPECT_EQ(completed_on, submitter);
+  EXPECT_EQ(call->out, call->q);  // the fake forward: out = q
+  const BatcherStats stats = batcher.Stats();
+  EXPECT_EQ(stats.batches_run, 1);
+  EXPECT_EQ(stats.running, 0);
+}
+
+TEST(DynamicBatcher, CallsOnTheCallerCountAgainstTheExecutorSlots) {
+  FakeBackend fake;
+  BatcherOptions o = Options(absl::ZeroDuration(), /*executors=*/1);
+  o.lone_calls_on_caller = true;
+  DynamicBatcher batcher(&fake, o);
+  fake.Hold();
+  auto first = MakeCall(DenseShape(1, 4, 4, 2, 1, 4), 1);
+  Outcome r1;
+  std::thread caller([&] { batcher.SubmitForward(first->Forward(), r1.Callback()); });  // blocks inside
+  fake.WaitForEntered(1);
+  // The one slot is taken by the caller: these queue, and the idle executor must not start them.
+  std::vector<std::unique_ptr<TestCall>> calls;
+  std::vector<Outcome> outcomes(2);
+  for (int i = 0; i < 2; ++i) {
+    calls.push_back(MakeCall(DenseShape(1, 4, 4, 2, 1, 4), 10 + i));
+    EXPECT_NE(batcher.SubmitForward(calls.back()->Forward(), outcomes[i].Callback()), 0u);  // queued
+  }
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(fake.calls().size(), 1u);
+  fake.Release();
+  caller.join();
+  ASSERT_TRUE(r1.Wait().ok());
+  for (Outcome& r : outcomes) ASSERT_TRUE(r.Wait().ok());
+  const std::vector<RecordedCall> seen = fake.calls();
+  ASSERT_EQ(seen.size(), 2u);       // the lone call, then the two queued ones packed together
+  EXPECT_EQ(seen[1].shape.batch, 2);
+  for (const auto& c : calls) EXPECT_EQ(c->out, c->q);
+}
+
+TEST(DynamicBatcher, WithADelayOrWithoutTheOptionSubmitNeverComputes) {
+  for (const auto& [delay, on] : {std::pair{absl::Milliseconds(1), true}, std::pair{absl::ZeroDuration(), false}}) {
+    FakeBackend fake;
+    BatcherOptions o = Options(delay);
+    o.lone_calls_on_caller = on;
+    DynamicBatcher batcher(&fake, o);
+    auto call = MakeCall(DenseShape(1, 4, 4, 2, 1, 4), 1);
+    Outcome r;
+    EXPECT_NE(batcher.SubmitForward(call->Forward(), r.Callback()), 0u);  // queued for an executor
+    ASSERT_TRUE(r.Wait().ok());
+  }
+}
+
 TEST(DynamicBatcher, OneRequestPerBatchTurnsPackingOff) {
   FakeBackend fake;
   BatcherOptions o = Options(absl::Hours(1));
