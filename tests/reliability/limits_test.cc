@@ -99,6 +99,37 @@ TEST_F(LimitsTest, RequestBytesOverTheLimitAreResourceExhausted) {
   EXPECT_TRUE(ForwardOnce(DenseForwardRequest(RequestSpec{})).ok()) << "the server keeps serving";
 }
 
+// Clients stream requests over a few MiB by default (ClientOptions::stream_above_bytes): a lowered
+// --max_request_bytes must hold streamed requests too, and the refusal names that flag.
+TEST_F(LimitsTest, AStreamedRequestIsHeldToALoweredRequestLimit) {
+  ServerOptions options;
+  options.max_request_bytes = 64 << 10;
+  Start(options);
+  ClientOptions streaming;
+  streaming.target = server_->address();
+  streaming.retry_unavailable = false;
+  streaming.stream_above_bytes = 16 << 10;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(streaming);
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  // q alone is 96 KiB.
+  const v1::ForwardRequest over = DenseForwardRequest(RequestSpec{
+      .batch = 2, .seqlen_q = 48, .seqlen_k = 8, .heads_q = 4, .heads_kv = 4, .head_dim = 64, .dtype = DType::kFP32});
+  const absl::Status status = (*client)->Forward(over).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "exceed max_request_bytes = 65536")) << status;
+
+  // 3 x 16 KiB: under the limit, over stream_above_bytes, so streamed, and served.
+  const v1::ForwardRequest under = DenseForwardRequest(RequestSpec{
+      .batch = 1, .seqlen_q = 16, .seqlen_k = 16, .heads_q = 4, .heads_kv = 4, .head_dim = 64, .dtype = DType::kFP32});
+  const absl::StatusOr<v1::ForwardResponse> served = (*client)->Forward(under);
+  EXPECT_TRUE(served.ok()) << served.status();
+  // The count is recorded as the call ends, just after its answer.
+  auto& streamed = server_->metrics().GetCounter("attnd_requests_total", "", {{"code", "OK"}, {"method", "ForwardStream"}});
+  EXPECT_TRUE(WaitUntil([&] { return streamed.Value() == 1; })) << "the request under the limit did not go as a stream";
+  EXPECT_EQ(state_->Entered(), 1);
+}
+
 TEST_F(LimitsTest, TokensOverTheLimitAreResourceExhaustedNamingTheTensor) {
   ServerOptions options;
   options.max_tokens_per_request = 100;
