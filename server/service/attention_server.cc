@@ -171,7 +171,12 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(const Se
   if (options.parallel_copy) transport.copier = CopyRangesInParallel;
   TransportSettings settings;
   settings.region_socket = options.region_socket;
-  settings.max_stream_request_bytes = options.max_stream_request_bytes;
+  const bool follow_unary = options.max_stream_request_bytes == 0 && options.max_request_bytes < kDefaultMaxRequestBytes;
+  settings.max_stream_request_bytes = options.max_stream_request_bytes > 0 ? options.max_stream_request_bytes
+                                      : follow_unary                       ? options.max_request_bytes
+                                                                           : kDefaultMaxStreamRequestBytes;
+  settings.stream_limit_flag = follow_unary ? "max_request_bytes" : "max_stream_request_bytes";
+  limits.larger_streams = settings.max_stream_request_bytes > std::min(limits.max_request_bytes, kMaxRequestBytesLimit);
   settings.stream_chunk_bytes = options.stream_chunk_bytes;
   server->pool_ = std::make_unique<WorkerPool>(options.worker_threads, options.max_queued_calls);
   server->service_ = std::make_unique<AttentionService>(server->backend_.get(), server->pool_.get(), limits,
@@ -285,8 +290,8 @@ absl::StatusOr<int> AttentionServer::ReloadAuthTokens(absl::string_view reason) 
 }
 
 absl::Status AttentionServer::StartTransports(const ServerOptions& options) {
-  if (options.max_stream_request_bytes <= 0 || options.stream_chunk_bytes <= 0 || options.resident_bytes < 0) {
-    return absl::InvalidArgumentError("max_stream_request_bytes and stream_chunk_bytes must be positive, "
+  if (options.max_stream_request_bytes < 0 || options.stream_chunk_bytes <= 0 || options.resident_bytes < 0) {
+    return absl::InvalidArgumentError("max_stream_request_bytes >= 0 (0: automatic), stream_chunk_bytes > 0, "
                                       "resident_bytes >= 0");
   }
   allocator_ = std::make_unique<HostTensorAllocator>(options.tensor_cache_bytes);

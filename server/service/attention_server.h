@@ -99,7 +99,9 @@ struct ServerOptions {
   absl::Duration resident_ttl = absl::Seconds(60);
   absl::Duration resident_max_ttl = absl::Minutes(10);
   // Largest request of ForwardStream / BackwardStream (their tensors are not held to 2 GiB).
-  int64_t max_stream_request_bytes = int64_t{16} << 30;
+  // 0: max_request_bytes when that is set below its default (an operator who lowers it means every
+  // request, and clients stream anything over a few MiB by default), else 16 GiB.
+  int64_t max_stream_request_bytes = 0;
   int64_t stream_chunk_bytes = int64_t{4} << 20;
   // Gather received tensors out of gRPC's slices (and make the transport's other host copies)
   // over the engine's ParallelCopy helper threads instead of on the worker alone.

@@ -21,18 +21,11 @@
 namespace attnd {
 namespace {
 
-// Streams exist for requests past protobuf's 2 GiB ceiling, so at its default (that ceiling)
-// max_request_bytes does not bound them: max_stream_request_bytes does. An operator who lowers
-// max_request_bytes means every request, and clients stream anything over a few MiB by default, so
-// then the lower of the two holds streams too, named in the refusal.
 RequestLimits StreamLimits(const RequestLimits& unary, const TransportSettings& settings) {
   RequestLimits limits = unary;
   limits.streamed = true;
-  if (unary.max_request_bytes < kDefaultMaxRequestBytes && unary.max_request_bytes < settings.max_stream_request_bytes) {
-    return limits;  // max_request_bytes and its flag name stay
-  }
   limits.max_request_bytes = settings.max_stream_request_bytes;
-  limits.limit_flag = "max_stream_request_bytes";
+  limits.limit_flag = settings.stream_limit_flag;
   return limits;
 }
 

@@ -55,6 +55,7 @@ using AttentionServiceBase = v1::Attention::WithRawCallbackMethod_Forward<
 struct TransportSettings {
   std::string region_socket;
   int64_t max_stream_request_bytes = 0;
+  const char* stream_limit_flag = "max_stream_request_bytes";  // the flag a refusal names
   int64_t stream_chunk_bytes = int64_t{4} << 20;  // tensor bytes per response chunk of a stream
 };
 

@@ -89,8 +89,9 @@ ABSL_FLAG(int64_t, resident_bytes, int64_t{4} << 30,
           "most bytes of resident tensors (ForwardRequest.keep_resident) held at once; 0: resident tensors off");
 ABSL_FLAG(absl::Duration, resident_ttl, absl::Seconds(60), "default lifetime of a resident handle");
 ABSL_FLAG(absl::Duration, resident_max_ttl, absl::Minutes(10), "longest lifetime a client may ask for");
-ABSL_FLAG(int64_t, max_stream_request_bytes, int64_t{16} << 30,
-          "largest request of ForwardStream / BackwardStream (tensors beyond the unary 2 GiB limit)");
+ABSL_FLAG(int64_t, max_stream_request_bytes, 0,
+          "largest request of ForwardStream / BackwardStream (tensors beyond the unary 2 GiB limit); 0: "
+          "--max_request_bytes when that is set below its default, else 16 GiB");
 ABSL_FLAG(int64_t, tensor_cache_bytes, int64_t{2} << 30, "host tensor buffers kept for reuse between calls");
 
 namespace {

@@ -306,7 +306,9 @@ absl::Status CheckMessageBytes(absl::string_view what, int64_t bytes, absl::stri
                                                                                kMaxRequestBytesLimit);
   if (bytes <= limit) return absl::OkStatus();
   return TooLarge(what, absl::StrCat(parts, " = ", bytes, " bytes exceed ", limits.limit_flag, " = ", limit,
-                                     limits.streamed ? "" : " (larger tensors: ForwardStream / BackwardStream)"));
+                                     limits.streamed || !limits.larger_streams
+                                         ? ""
+                                         : " (larger tensors: ForwardStream / BackwardStream)"));
 }
 
 absl::Status CheckBackend(const Backend* backend, const AttentionShape& shape, DType dtype) {

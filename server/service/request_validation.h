@@ -36,6 +36,8 @@ namespace attnd {
 // not tensor bytes (framing, shapes, params). The largest, and default, max_request_bytes.
 inline constexpr int64_t kMaxRequestBytesLimit = (int64_t{2} << 30) - (int64_t{1} << 20);
 inline constexpr int64_t kDefaultMaxRequestBytes = kMaxRequestBytesLimit;
+// Largest streamed request (ForwardStream / BackwardStream) unless configured otherwise.
+inline constexpr int64_t kDefaultMaxStreamRequestBytes = int64_t{16} << 30;
 // 16 Mi tokens for q and for k/v: far beyond any single attention call in practice, and it keeps
 // every offset inside cu_seqlens' int32 range.
 inline constexpr int64_t kDefaultMaxTokensPerRequest = int64_t{1} << 24;
@@ -51,6 +53,8 @@ struct RequestLimits {
   bool streamed = false;
   // Message-size errors cite this flag.
   const char* limit_flag = "max_request_bytes";
+  // Whether streamed calls may carry more than this unary limit (a refusal then points to them).
+  bool larger_streams = true;
 };
 
 // The bytes of one validated input tensor, aligned for its element type.

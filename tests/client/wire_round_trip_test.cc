@@ -105,7 +105,10 @@ TEST_F(WireRoundTrip, StreamedCallsMatchUnaryCallsByteForByte) {
 
 TEST(WireLimits, StreamsCarryWhatTheUnaryLimitRefuses) {
   TransportDaemon d;
-  StartTransportDaemon(&d, nullptr, [](ServerOptions& o) { o.max_request_bytes = 64 << 10; });
+  StartTransportDaemon(&d, nullptr, [](ServerOptions& o) {
+    o.max_request_bytes = 64 << 10;
+    o.max_stream_request_bytes = 1 << 20;  // set explicitly: streams go further than unary calls
+  });
   const AttentionShape shape = DenseShape(1, 200, 200, 2, 2, 64);  // 3 x 51200 bytes in
   const v1::ForwardRequest forward = RandomForward(shape, 41);
   absl::StatusOr<v1::ForwardResponse> unary = d.client->Forward(forward);

@@ -100,7 +100,8 @@ TEST_F(LimitsTest, RequestBytesOverTheLimitAreResourceExhausted) {
 }
 
 // Clients stream requests over a few MiB by default (ClientOptions::stream_above_bytes): a lowered
-// --max_request_bytes must hold streamed requests too, and the refusal names that flag.
+// --max_request_bytes must hold streamed requests too (unless --max_stream_request_bytes is set),
+// and the refusal names that flag.
 TEST_F(LimitsTest, AStreamedRequestIsHeldToALoweredRequestLimit) {
   ServerOptions options;
   options.max_request_bytes = 64 << 10;
@@ -118,6 +119,7 @@ TEST_F(LimitsTest, AStreamedRequestIsHeldToALoweredRequestLimit) {
   const absl::Status status = (*client)->Forward(over).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
   EXPECT_TRUE(absl::StrContains(status.message(), "exceed max_request_bytes = 65536")) << status;
+  EXPECT_FALSE(absl::StrContains(status.message(), "ForwardStream")) << "no stream could carry it either";
 
   // 3 x 16 KiB: under the limit, over stream_above_bytes, so streamed, and served.
   const v1::ForwardRequest under = DenseForwardRequest(RequestSpec{
